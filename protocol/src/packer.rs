@@ -1,6 +1,9 @@
 //! The two packers a controller may publish in its connection files.
 
 use serde::{de::DeserializeOwned, Serialize};
+
+/// Deepest nesting accepted from a peer.
+pub const MAX_DEPTH: usize = 128;
 use std::fmt;
 use std::str::FromStr;
 
@@ -37,7 +40,13 @@ impl Packer {
     pub fn unpack<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, PackError> {
         Ok(match self {
             Packer::Json => serde_json::from_slice(bytes)?,
-            Packer::Msgpack => rmp_serde::from_slice(bytes)?,
+            Packer::Msgpack => {
+                // serde_json stops at 128 levels; rmp-serde's default of 1024 can overflow
+                // a 2 MiB thread stack in unoptimised builds. No Python peer nests this deep.
+                let mut de = rmp_serde::Deserializer::new(bytes);
+                de.set_max_depth(MAX_DEPTH);
+                T::deserialize(&mut de)?
+            }
         })
     }
 

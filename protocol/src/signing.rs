@@ -63,6 +63,12 @@ impl Signer {
     /// Constant-time check of a hex signature. True when signing is off.
     pub fn verify(&self, signature: &[u8], parts: [&[u8]; 4]) -> bool {
         let Some(mac) = self.digest(parts) else { return true };
+        // Python compares the hex *text*, so only the lowercase form is valid. Accepting
+        // case variants would also let a captured message be replayed past the digest
+        // history, which is keyed on the signature bytes as received.
+        if signature.iter().any(u8::is_ascii_uppercase) {
+            return false;
+        }
         let Ok(raw) = hex::decode(signature) else { return false };
         mac.verify_slice(&raw).is_ok()
     }
