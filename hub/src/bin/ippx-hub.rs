@@ -1,0 +1,110 @@
+//! `ippx-hub`: one command starts a whole controller (hub + scheduler), accepting
+//! ipcontroller's command line.
+
+use ippx_hub::cli::{self, Action, HubConfig};
+use ippx_hub::profile::Profile;
+use ippx_hub::server::{Controller, Event};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+fn configure(args: &[String]) -> Result<(HubConfig, Action), cli::CliError> {
+    let env = |k: &str| std::env::var(k).ok();
+    // First pass only to find the profile, whose config file sits under the rest.
+    let mut pre = HubConfig::default();
+    cli::apply_env(&mut pre, env);
+    let action = cli::parse_args(&mut pre, args)?;
+    if action != Action::Run {
+        return Ok((pre, action));
+    }
+    let profile = Profile::resolve(&pre, std::env::var_os("HOME").map(Into::into));
+    let mut cfg = HubConfig::default();
+    cli::apply_config_file(&mut cfg, &profile.config_file())?;
+    cli::apply_env(&mut cfg, env);
+    cli::parse_args(&mut cfg, args)?;
+    Ok((cfg, Action::Run))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cfg, action) = match configure(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ippx-hub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match action {
+        Action::Help => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Action::Version => {
+            println!("ippx-hub {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Action::Run => {}
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(cli::tracing_level(&cfg.log_level)))
+        .init();
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: &HubConfig) -> anyhow::Result<()> {
+    let mut ctl = Controller::bind(cfg)?;
+    if let Err(e) = ctl.write_connection_files() {
+        ctl.stop_scheduler();
+        return Err(e);
+    }
+    let (tx, rx) = mpsc::channel();
+    let (waker, io_thread) = ctl.start(tx)?;
+    info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reason = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return anyhow::Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+                _ = tick.tick() => {
+                    match rx.try_recv() {
+                        Ok(Event::ShutdownRequested) => {
+                            // Let the reply and the notification reach clients first.
+                            tokio::time::sleep(Duration::from_millis(1000)).await;
+                            return Ok("shutdown_request");
+                        }
+                        Ok(Event::Fatal(e)) => anyhow::bail!("hub loop failed: {e}"),
+                        Err(_) => {}
+                    }
+                    if !ctl.scheduler_alive() {
+                        anyhow::bail!("ippx-scheduler died; stopping the controller");
+                    }
+                }
+            }
+        }
+    });
+    // Files first: the stock test suite SIGKILLs us 0.25 s after SIGTERM.
+    ctl.remove_connection_files();
+    waker.wake(b"stop");
+    ctl.stop_scheduler();
+    let _ = io_thread.join();
+    let reason = reason?;
+    info!("controller stopped ({reason})");
+    Ok(())
+}

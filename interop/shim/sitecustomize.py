@@ -1,0 +1,127 @@
+"""ippx interop shim: make ipyparallel launch a substitute controller.
+
+Put this folder on PYTHONPATH and set ``IPP_CONTROLLER_CMD`` to a shell-style command
+line (e.g. ``/repo/target/release/ippx-hub`` or ``python -m ipyparallel.controller
+--Session.packer=msgpack``). Every Python process that inherits that environment
+(pytest, ``ipcluster`` and its daemonized children, ...) then starts that command
+wherever ipyparallel would have started ``[sys.executable, -m, ipyparallel.controller]``:
+
+* ``ipyparallel.cluster.launcher.ipcontroller_cmd_argv`` - the list the stock test-suite
+  ``setup()`` builds its controller command from - is replaced *in place* (the tests
+  import the list object itself);
+* ``LocalControllerLauncher.find_args`` - used by ``ipp.Cluster`` / ``ipcluster`` - is
+  wrapped to swap a leading default python command for the substitute (the launcher
+  copied the default list when its class was defined, so mutating the list is not
+  enough there).
+
+The patch is applied lazily, right after ``ipyparallel.cluster.launcher`` is first
+imported, so processes that never use ipyparallel pay nothing. Without
+``IPP_CONTROLLER_CMD`` this module does nothing at all.
+
+If ``IPPX_SHIM_LOG`` names a file, each controller command line the shim hands out is
+appended to it as one JSON object per line (used by run_stock.py to prove that the
+substitute - not the stock controller - was what the tests ran against).
+"""
+
+import os
+
+_CMD = os.environ.get("IPP_CONTROLLER_CMD", "").strip()
+_TARGET = "ipyparallel.cluster.launcher"
+
+
+def _log(launcher_obj, kind, args):
+    path = os.environ.get("IPPX_SHIM_LOG")
+    if not path or getattr(launcher_obj, "_ippx_shim_logged", False):
+        return  # args are computed more than once per launch: log each launcher once
+    try:
+        launcher_obj._ippx_shim_logged = True
+    except Exception:
+        pass
+    try:
+        import json
+
+        with open(path, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "via": kind, "argv": list(args)}) + "\n")
+    except Exception:
+        pass
+
+
+def _patch(launcher):
+    import shlex
+    import sys
+
+    if getattr(launcher, "_ippx_shim_patched", False):
+        return
+    substitute = shlex.split(_CMD)
+    stock = [sys.executable, "-m", "ipyparallel.controller"]
+
+    # 1. stock test-suite setup(): module-level list, imported by reference
+    launcher.ipcontroller_cmd_argv[:] = substitute
+
+    # the test-suite's TestProcessLauncher gets its argv from LocalProcessLauncher.find_args
+    local_find_args = launcher.LocalProcessLauncher.find_args
+
+    def local_find_args_logged(self):
+        args = list(local_find_args(self))
+        if args[: len(substitute)] == substitute and "ipyparallel.engine" not in args:
+            _log(self, "setup", args)
+        return args
+
+    launcher.LocalProcessLauncher.find_args = local_find_args_logged
+
+    # 2. Cluster / ipcluster: LocalControllerLauncher copied the default at class creation
+    ctl_find_args = launcher.LocalControllerLauncher.find_args
+
+    def ctl_find_args_substituted(self):
+        args = list(ctl_find_args(self))
+        if args[: len(stock)] == stock:
+            args = substitute + args[len(stock) :]
+        _log(self, "cluster", args)
+        return args
+
+    launcher.LocalControllerLauncher.find_args = ctl_find_args_substituted
+    launcher._ippx_shim_patched = True
+
+
+def _install_hook():
+    import importlib.abc
+    import importlib.machinery
+    import sys
+
+    class _PatchingLoader(importlib.abc.Loader):
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):  # get_source, get_filename, ... for tracebacks
+            return getattr(self._inner, name)
+
+        def create_module(self, spec):
+            return self._inner.create_module(spec)
+
+        def exec_module(self, module):
+            self._inner.exec_module(module)
+            _patch(module)
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != _TARGET:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+            if spec is None or spec.loader is None:
+                return None
+            spec.loader = _PatchingLoader(spec.loader)
+            return spec
+
+    if _TARGET in sys.modules:  # already imported (unlikely this early): patch now
+        _patch(sys.modules[_TARGET])
+    else:
+        sys.meta_path.insert(0, _Finder())
+
+
+if _CMD:
+    try:
+        _install_hook()
+    except Exception as e:  # never break interpreter start-up
+        import sys
+
+        print(f"ippx interop shim: not installed: {e!r}", file=sys.stderr)

@@ -1,0 +1,543 @@
+//! The scheduler's socket loop: one OS thread owns every socket of the role and blocks in
+//! `zmq::poll`. All decisions are made by the pure pieces (`relay`, `task`); this module
+//! only moves frames, counts drops and keeps time.
+
+use crate::broadcast::{BroadcastOutbox, BroadcastScheduler};
+use crate::relay;
+use crate::task::{Scheme, TaskConfig, TaskOutbox, TaskScheduler};
+use crate::Counters;
+use ippx_protocol::content::EngineNotification;
+use ippx_protocol::{Parent, Session, SessionConfig, Value};
+use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Which task scheduler runs behind the `task` ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskMode {
+    Balanced(Scheme),
+    /// A plain ROUTER↔DEALER relay that round-robins (spec 5.3.9).
+    Pure,
+    /// `--scheme=none`: the ports are bound but nothing is scheduled.
+    None,
+}
+
+impl std::str::FromStr for TaskMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "pure" => Ok(TaskMode::Pure),
+            "none" => Ok(TaskMode::None),
+            other => other.parse::<Scheme>().map(TaskMode::Balanced).map_err(|_| format!("unknown scheme {s:?}")),
+        }
+    }
+}
+
+/// Ports to bind; 0 means "let the OS choose".
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct RelayPorts {
+    pub control: u16,
+    pub mux: u16,
+    pub task: u16,
+    pub iopub: u16,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct BoundPorts {
+    pub engine: RelayPorts,
+    pub client: RelayPorts,
+    pub engine_broadcast: Vec<u16>,
+    pub client_broadcast: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub transport: String,
+    pub engine_ip: String,
+    pub client_ip: String,
+    pub engine: RelayPorts,
+    pub client: RelayPorts,
+    pub engine_broadcast: Vec<u16>,
+    pub client_broadcast: u16,
+    /// Hub sockets we connect to.
+    pub monitor_url: String,
+    pub notification_url: String,
+    pub registration_url: String,
+    pub session: SessionConfig,
+    pub task_mode: TaskMode,
+    pub hwm: usize,
+    pub stranded_delay: Duration,
+}
+
+struct Sockets {
+    mux_in: zmq::Socket,
+    mux_out: zmq::Socket,
+    ctl_in: zmq::Socket,
+    ctl_out: zmq::Socket,
+    iopub_sub: zmq::Socket,
+    iopub_pub: zmq::Socket,
+    task_in: zmq::Socket,
+    task_out: zmq::Socket,
+    bcast_root: zmq::Socket,
+    bcast_leaves: Vec<zmq::Socket>,
+    monitor: zmq::Socket,
+    notif: zmq::Socket,
+    query: zmq::Socket,
+}
+
+/// A bound scheduler, ready to run.
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    socks: Sockets,
+    ports: BoundPorts,
+    session: Session,
+    task: Option<TaskScheduler>,
+    broadcast: BroadcastScheduler,
+    counters: Counters,
+}
+
+fn frames_of(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
+    msgs.into_iter().map(|m| m.to_vec()).collect()
+}
+
+impl Scheduler {
+    /// Binds every socket; nothing is read until [`Scheduler::run`].
+    pub fn bind(ctx: &zmq::Context, cfg: SchedulerConfig) -> anyhow::Result<Self> {
+        let t = cfg.transport.as_str();
+        let router = |id: &[u8]| tp::socket(ctx, SocketType::ROUTER, Some(id));
+        let mux_in = router(b"mux_in")?;
+        let mux_out = router(b"mux_out")?;
+        let ctl_in = router(b"control_in")?;
+        let ctl_out = router(b"control_out")?;
+        let task_in = router(b"task_in")?;
+        let task_out = if cfg.task_mode == TaskMode::Pure {
+            tp::socket(ctx, SocketType::DEALER, Some(b"task_out"))?
+        } else {
+            router(b"task_out")?
+        };
+        let iopub_sub = tp::socket(ctx, SocketType::SUB, None)?;
+        let iopub_pub = tp::socket(ctx, SocketType::PUB, None)?;
+        let bcast_root = router(b"sub_scheduler_0")?;
+        let depth = cfg.engine_broadcast.len().max(2).trailing_zeros();
+        let broadcast = BroadcastScheduler::new(depth, Session::new(cfg.session.clone())?);
+        let mut bcast_leaves = Vec::new();
+        for i in 0..broadcast.leaves() {
+            bcast_leaves.push(router(&broadcast.leaf_id(i))?);
+        }
+
+        let (eip, cip) = (cfg.engine_ip.as_str(), cfg.client_ip.as_str());
+        let engine = RelayPorts {
+            control: tp::bind(&ctl_out, t, eip, cfg.engine.control)?,
+            mux: tp::bind(&mux_out, t, eip, cfg.engine.mux)?,
+            task: tp::bind(&task_out, t, eip, cfg.engine.task)?,
+            iopub: tp::bind(&iopub_sub, t, eip, cfg.engine.iopub)?,
+        };
+        let mut engine_broadcast = Vec::new();
+        for (sock, port) in bcast_leaves.iter().zip(&cfg.engine_broadcast) {
+            engine_broadcast.push(tp::bind(sock, t, eip, *port)?);
+        }
+        let client = RelayPorts {
+            control: tp::bind(&ctl_in, t, cip, cfg.client.control)?,
+            mux: tp::bind(&mux_in, t, cip, cfg.client.mux)?,
+            task: tp::bind(&task_in, t, cip, cfg.client.task)?,
+            iopub: tp::bind(&iopub_pub, t, cip, cfg.client.iopub)?,
+        };
+        let client_broadcast = tp::bind(&bcast_root, t, cip, cfg.client_broadcast)?;
+
+        let monitor = tp::socket(ctx, SocketType::PUB, None)?;
+        tp::connect(&monitor, &cfg.monitor_url)?;
+        let notif = tp::socket(ctx, SocketType::SUB, None)?;
+        tp::connect(&notif, &cfg.notification_url)?;
+        let query = tp::socket(ctx, SocketType::DEALER, None)?;
+        tp::connect(&query, &cfg.registration_url)?;
+
+        let session = Session::new(cfg.session.clone())?;
+        let task = match cfg.task_mode {
+            TaskMode::Balanced(scheme) => Some(TaskScheduler::new(
+                TaskConfig { scheme, hwm: cfg.hwm, stranded_delay: cfg.stranded_delay, seed: rand::random() },
+                Session::new(cfg.session.clone())?,
+            )),
+            TaskMode::Pure | TaskMode::None => None,
+        };
+        let ports = BoundPorts { engine, client, engine_broadcast, client_broadcast };
+        let socks = Sockets {
+            mux_in,
+            mux_out,
+            ctl_in,
+            ctl_out,
+            iopub_sub,
+            iopub_pub,
+            task_in,
+            task_out,
+            bcast_root,
+            bcast_leaves,
+            monitor,
+            notif,
+            query,
+        };
+        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters: Counters::default() })
+    }
+
+    pub fn ports(&self) -> &BoundPorts {
+        &self.ports
+    }
+
+    /// Runs until `stop` receives a wake-up.
+    pub fn run(mut self, stop: WakeReceiver) -> anyhow::Result<Counters> {
+        // Learn the engines that registered before we started (spec 4.1 step 5).
+        let (_, req) = self.session.serialize(vec![], "connection_request", Parent::None, &Value::map(), &Value::map(), vec![])?;
+        if let Err(e) = tp::send(&self.socks.query, req) {
+            warn!("cannot send connection_request to the hub: {e}");
+        }
+        info!(?self.ports, mode = ?self.cfg.task_mode, "scheduler running");
+        loop {
+            let timeout = match self.task.as_ref().and_then(TaskScheduler::next_deadline) {
+                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i64 + 1,
+                None => 1000,
+            };
+            let s = &self.socks;
+            let mut list: Vec<&zmq::Socket> = vec![
+                stop.socket(),
+                &s.notif,
+                &s.query,
+                &s.mux_in,
+                &s.mux_out,
+                &s.ctl_in,
+                &s.ctl_out,
+                &s.iopub_sub,
+                &s.task_in,
+                &s.task_out,
+                &s.bcast_root,
+            ];
+            list.extend(s.bcast_leaves.iter());
+            let ready = tp::poll(&list, timeout)?;
+            if ready[0] {
+                stop.drain();
+                info!("scheduler stopping");
+                return Ok(self.counters);
+            }
+            // Notifications first: an engine announced before a submission must be routable.
+            if ready[1] {
+                self.drain_notifications();
+            }
+            if ready[2] {
+                self.drain_query();
+            }
+            if ready[3] {
+                self.drain_direct(Direct::MuxIn);
+            }
+            if ready[4] {
+                self.drain_direct(Direct::MuxOut);
+            }
+            if ready[5] {
+                self.drain_direct(Direct::CtlIn);
+            }
+            if ready[6] {
+                self.drain_direct(Direct::CtlOut);
+            }
+            if ready[7] {
+                self.drain_iopub();
+            }
+            if ready[8] {
+                self.drain_task_in();
+            }
+            if ready[9] {
+                self.drain_task_out();
+            }
+            if ready[10] {
+                self.drain_broadcast(None);
+            }
+            for i in 0..self.socks.bcast_leaves.len() {
+                if ready[11 + i] {
+                    self.drain_broadcast(Some(i));
+                }
+            }
+            if let Some(task) = self.task.as_mut() {
+                let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+                task.tick(Instant::now(), &mut out);
+            }
+        }
+    }
+
+    fn drop_msg(&mut self, socket: &'static str, reason: &'static str, peer: &[u8], detail: &dyn std::fmt::Display) {
+        self.counters.drop(reason);
+        warn!(socket, reason, peer = %String::from_utf8_lossy(peer), "dropped message: {detail}");
+    }
+
+    fn drain_notifications(&mut self) {
+        while let Ok(Some(msgs)) = tp::try_recv(&self.socks.notif) {
+            let frames = frames_of(msgs);
+            let (env, header) = match self.session.receive(frames, false) {
+                Ok(ok) => ok,
+                Err((e, _)) => {
+                    self.drop_msg("notification", e.reason(), b"hub", &e);
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            match header.msg_type.as_str() {
+                "registration_notification" | "unregistration_notification" => {
+                    let n: EngineNotification = match self.session.unpack(env.content_bytes()) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.drop_msg("notification", "malformed", b"hub", &e);
+                            continue;
+                        }
+                    };
+                    debug!(msg_type = %header.msg_type, id = n.id, uuid = %n.uuid, "engine notification");
+                    if header.msg_type == "unregistration_notification" {
+                        let mut bout = BOut { socks: &self.socks, counters: &mut self.counters };
+                        self.broadcast.remove_engine(&n.uuid, &mut bout);
+                    }
+                    if let Some(task) = self.task.as_mut() {
+                        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+                        if header.msg_type == "registration_notification" {
+                            task.add_engine(&n.uuid, now, &mut out);
+                        } else {
+                            // Replies already received from that engine are handled first (spec 5.3.7).
+                            drop(out);
+                            self.drain_task_out();
+                            let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+                            if let Some(task) = self.task.as_mut() {
+                                task.remove_engine(&n.uuid, now, &mut out);
+                            }
+                        }
+                    }
+                }
+                "shutdown_notification" => info!("hub announced shutdown"),
+                other => self.drop_msg("notification", "unknown", b"hub", &format!("msg_type {other}")),
+            }
+        }
+    }
+
+    fn drain_query(&mut self) {
+        while let Ok(Some(msgs)) = tp::try_recv(&self.socks.query) {
+            let frames = frames_of(msgs);
+            let (env, header) = match self.session.receive(frames, true) {
+                Ok(ok) => ok,
+                Err((e, _)) => {
+                    self.drop_msg("query", e.reason(), b"hub", &e);
+                    continue;
+                }
+            };
+            if header.msg_type != "connection_reply" {
+                self.drop_msg("query", "unknown", b"hub", &format!("msg_type {}", header.msg_type));
+                continue;
+            }
+            let content: ippx_protocol::content::ConnectionReply = match self.session.unpack(env.content_bytes()) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.drop_msg("query", "malformed", b"hub", &e);
+                    continue;
+                }
+            };
+            info!(engines = content.engines.len(), "engines known to the hub at start");
+            if let Some(task) = self.task.as_mut() {
+                let mut ids: Vec<(u64, String)> =
+                    content.engines.into_iter().filter_map(|(k, v)| k.parse().ok().map(|k| (k, v))).collect();
+                ids.sort();
+                let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+                for (_, uuid) in ids {
+                    task.add_engine(&uuid, Instant::now(), &mut out);
+                }
+            }
+        }
+    }
+
+    fn drain_direct(&mut self, which: Direct) {
+        let s = &self.socks;
+        let (src, dst, name, topic): (&zmq::Socket, &zmq::Socket, &'static str, Option<&'static [u8]>) = match which {
+            Direct::MuxIn => (&s.mux_in, &s.mux_out, "mux", Some(b"in")),
+            Direct::MuxOut => (&s.mux_out, &s.mux_in, "mux", Some(b"out")),
+            // The hub ignores control copies, so we do not send them.
+            Direct::CtlIn => (&s.ctl_in, &s.ctl_out, "control", None),
+            Direct::CtlOut => (&s.ctl_out, &s.ctl_in, "control", None),
+        };
+        for _ in 0..4096 {
+            let Ok(Some(mut msgs)) = tp::try_recv(src) else { break };
+            if let Err(e) = relay::swap_route(&mut msgs) {
+                let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
+                self.counters.drop(e.reason());
+                warn!(socket = name, reason = e.reason(), peer = %String::from_utf8_lossy(&peer), "dropped message: {e}");
+                continue;
+            }
+            let copy = topic.map(|t| relay::monitor_copy(t, &msgs));
+            let target = msgs[0].to_vec();
+            if let Err(e) = tp::send(dst, msgs) {
+                // Python drops these silently; we count them (an unknown or dead engine).
+                self.counters.drop("unroutable");
+                warn!(socket = name, target = %String::from_utf8_lossy(&target), "cannot route: {e}");
+                continue;
+            }
+            if let Some(copy) = copy {
+                let _ = tp::send(&s.monitor, copy);
+            }
+        }
+    }
+
+    fn drain_iopub(&mut self) {
+        let s = &self.socks;
+        for _ in 0..4096 {
+            let Ok(Some(msgs)) = tp::try_recv(&s.iopub_sub) else { break };
+            if let Err(e) = relay::check_iopub(&msgs) {
+                let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
+                self.counters.drop(e.reason());
+                warn!(socket = "iopub", reason = e.reason(), topic = %String::from_utf8_lossy(&peer), "dropped message: {e}");
+                continue;
+            }
+            // The hub records output only for messages with a topic (not iopub_welcome).
+            let copy = (!relay::is_delim(&msgs[0])).then(|| relay::monitor_copy(b"iopub", &msgs));
+            let _ = tp::send(&s.iopub_pub, msgs);
+            if let Some(copy) = copy {
+                let _ = tp::send(&s.monitor, copy);
+            }
+        }
+    }
+
+    fn drain_task_in(&mut self) {
+        for _ in 0..4096 {
+            // Notifications that arrived meanwhile must be seen before this submission.
+            self.drain_notifications();
+            let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_in) else { break };
+            match self.cfg.task_mode {
+                TaskMode::Balanced(_) => {
+                    let frames = frames_of(msgs);
+                    let peer = frames.first().cloned().unwrap_or_default();
+                    if let Some(task) = self.task.as_mut() {
+                        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+                        if let Err(e) = task.submit(frames, Instant::now(), &mut out) {
+                            self.drop_msg("task", "malformed", &peer, &e);
+                        }
+                    }
+                }
+                TaskMode::Pure => {
+                    if let Err(e) = relay::check_iopub(&msgs) {
+                        let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
+                        self.drop_msg("task", e.reason(), &peer, &e);
+                        continue;
+                    }
+                    let copy = relay::monitor_copy(b"intask", &msgs);
+                    let _ = tp::send(&self.socks.task_out, msgs);
+                    let _ = tp::send(&self.socks.monitor, copy);
+                }
+                TaskMode::None => {
+                    let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
+                    self.drop_msg("task", "unknown", &peer, &"no task scheduler (--scheme=none)");
+                }
+            }
+        }
+    }
+
+    fn drain_task_out(&mut self) {
+        for _ in 0..4096 {
+            let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_out) else { break };
+            match self.cfg.task_mode {
+                TaskMode::Balanced(_) => {
+                    let frames = frames_of(msgs);
+                    let peer = frames.first().cloned().unwrap_or_default();
+                    if let Some(task) = self.task.as_mut() {
+                        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+                        if let Err(e) = task.engine_reply(frames, Instant::now(), &mut out) {
+                            self.drop_msg("task", "malformed", &peer, &e);
+                        }
+                    }
+                }
+                TaskMode::Pure | TaskMode::None => {
+                    if let Err(e) = relay::check_iopub(&msgs) {
+                        self.drop_msg("task", e.reason(), b"engine", &e);
+                        continue;
+                    }
+                    let copy = relay::monitor_copy(b"outtask", &msgs);
+                    if tp::send(&self.socks.task_in, msgs).is_err() {
+                        self.counters.drop("unroutable");
+                    }
+                    let _ = tp::send(&self.socks.monitor, copy);
+                }
+            }
+        }
+    }
+
+    fn drain_broadcast(&mut self, leaf: Option<usize>) {
+        for _ in 0..4096 {
+            let sock = match leaf {
+                None => &self.socks.bcast_root,
+                Some(i) => &self.socks.bcast_leaves[i],
+            };
+            let Ok(Some(msgs)) = tp::try_recv(sock) else { break };
+            let frames = frames_of(msgs);
+            let peer = frames.first().cloned().unwrap_or_default();
+            let mut out = BOut { socks: &self.socks, counters: &mut self.counters };
+            let r = match leaf {
+                None => self.broadcast.submit(frames, &mut out),
+                Some(i) => self.broadcast.engine_reply(i, frames, &mut out),
+            };
+            if let Err(e) = r {
+                self.drop_msg("broadcast", "malformed", &peer, &e);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direct {
+    MuxIn,
+    MuxOut,
+    CtlIn,
+    CtlOut,
+}
+
+/// The task scheduler's outbox over the real sockets.
+struct Out<'a> {
+    socks: &'a Sockets,
+    counters: &'a mut Counters,
+}
+
+impl TaskOutbox for Out<'_> {
+    fn to_engine(&mut self, frames: Vec<Vec<u8>>) {
+        if let Err(e) = tp::send(&self.socks.task_out, frames) {
+            // The engine left between the scheduler's decision and the send; the hub's
+            // unregistration will strand the task and produce its EngineError.
+            self.counters.drop("unroutable");
+            warn!(socket = "task", "cannot route task to engine: {e}");
+        }
+    }
+    fn to_client(&mut self, frames: Vec<Vec<u8>>) {
+        if let Err(e) = tp::send(&self.socks.task_in, frames) {
+            self.counters.drop("unroutable");
+            warn!(socket = "task", "cannot route reply to client: {e}");
+        }
+    }
+    fn to_hub(&mut self, topic: &'static str, frames: Vec<Vec<u8>>) {
+        let mut all = Vec::with_capacity(frames.len() + 1);
+        all.push(topic.as_bytes().to_vec());
+        all.extend(frames);
+        let _ = tp::send(&self.socks.monitor, all);
+    }
+}
+
+/// The broadcast tree's outbox over the real sockets.
+struct BOut<'a> {
+    socks: &'a Sockets,
+    counters: &'a mut Counters,
+}
+
+impl BroadcastOutbox for BOut<'_> {
+    fn to_engine(&mut self, leaf: usize, frames: Vec<Vec<u8>>) -> bool {
+        let Some(sock) = self.socks.bcast_leaves.get(leaf) else { return false };
+        match tp::send(sock, frames) {
+            Ok(()) => true,
+            Err(e) => {
+                self.counters.drop("unroutable");
+                warn!(socket = "broadcast", leaf, "cannot route to engine: {e}");
+                false
+            }
+        }
+    }
+    fn to_client(&mut self, frames: Vec<Vec<u8>>) {
+        if let Err(e) = tp::send(&self.socks.bcast_root, frames) {
+            self.counters.drop("unroutable");
+            warn!(socket = "broadcast", "cannot route reply to client: {e}");
+        }
+    }
+}
