@@ -65,6 +65,13 @@ pub struct HubConfig {
     pub sqlite_synchronous: crate::store::sqlite::Synchronous,
     /// Do not start `ippx-scheduler`; it runs separately (needs fixed ports).
     pub no_scheduler: bool,
+    /// `--metrics-addr`: serve /metrics, /healthz, /readyz here (off unless set).
+    pub metrics_addr: Option<String>,
+    /// `--scheduler-metrics-addr`: the scheduler's own /metrics (default: the hub's
+    /// address with port + 1 when `--metrics-addr` is set).
+    pub scheduler_metrics_addr: Option<String>,
+    /// `--log-format=text|json`.
+    pub log_format: String,
     pub scheduler_cmd: Option<PathBuf>,
     pub warnings: Vec<String>,
 }
@@ -113,6 +120,9 @@ impl Default for HubConfig {
             sqlite_max_bytes: 1 << 30,
             sqlite_synchronous: crate::store::sqlite::Synchronous::Normal,
             no_scheduler: false,
+            metrics_addr: None,
+            scheduler_metrics_addr: None,
+            log_format: "text".into(),
             scheduler_cmd: None,
             warnings: Vec::new(),
         }
@@ -328,6 +338,20 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
             cfg.scheduler_cmd = Some(PathBuf::from(take_value(&mut i)?));
             continue;
         }
+        if name == "metrics-addr" {
+            cfg.metrics_addr = Some(parse_addr(name, &take_value(&mut i)?)?);
+            continue;
+        }
+        if name == "scheduler-metrics-addr" {
+            cfg.scheduler_metrics_addr = Some(parse_addr(name, &take_value(&mut i)?)?);
+            continue;
+        }
+        if name == "log-format" {
+            let v = take_value(&mut i)?;
+            v.parse::<ippx_telemetry::logging::LogFormat>().map_err(|e| CliError(format!("--log-format: {e}")))?;
+            cfg.log_format = v;
+            continue;
+        }
         if IGNORED_ALIASES.contains(&name) {
             let v = take_value(&mut i)?;
             cfg.warnings.push(format!("--{name}={v} has no effect in ippx"));
@@ -338,7 +362,8 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
             if t == "Session.session" {
                 continue;
             }
-            apply_trait(cfg, t, &v)?;
+            // Errors name the option the user typed, not the trait behind it.
+            apply_trait(cfg, t, &v).map_err(|e| CliError(e.0.replacen(&format!("--{t}"), &format!("--{name}"), 1)))?;
             continue;
         }
         if name.contains('.') {
@@ -352,6 +377,26 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
         return Err(CliError(format!("unrecognised option {arg:?} (see --help)")));
     }
     Ok(Action::Run)
+}
+
+/// `host:port` with a numeric port, as `--metrics-addr` takes it.
+pub fn parse_addr(name: &str, v: &str) -> Result<String, CliError> {
+    let v = v.trim();
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(v.to_owned()),
+        _ => Err(CliError(format!("--{name}: expected host:port such as 127.0.0.1:9810, got {v:?}"))),
+    }
+}
+
+/// The scheduler's metrics address: explicit, or the hub's port + 1.
+pub fn scheduler_metrics_addr(cfg: &HubConfig) -> Option<String> {
+    if let Some(a) = &cfg.scheduler_metrics_addr {
+        return Some(a.clone());
+    }
+    let (host, port) = cfg.metrics_addr.as_ref()?.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let next = port.checked_add(1).filter(|_| port != 0)?;
+    Some(format!("{host}:{next}"))
 }
 
 /// `IPP_*` variables the stock controller reads (spec 7.2).
@@ -454,6 +499,9 @@ Usage: ippx-hub [options]
   --Class.trait=VALUE     any ipcontroller trait; unknown ones are ignored with a warning
   --no-scheduler          do not start ippx-scheduler (run it yourself; needs --ports)
   --scheduler-cmd=PATH    ippx-scheduler binary (default: next to ippx-hub)
+  --metrics-addr=H:P      serve Prometheus /metrics, /healthz, /readyz (off unless set)
+  --scheduler-metrics-addr=H:P   the scheduler's /metrics (default: metrics port + 1)
+  --log-format=text|json  log lines as text (default) or JSON
   --version, --help
 
 Config: simple `c.Class.trait = value` lines of <profile>/ipcontroller_config.py are read.

@@ -79,6 +79,53 @@ pub struct HubStats {
     pub dropped: BTreeMap<&'static str, u64>,
     pub queries: u64,
     pub missed_beats: u64,
+    /// Requests seen, by queue.
+    pub submitted: BTreeMap<&'static str, u64>,
+    /// Final replies seen, by (queue, outcome): outcome is ok, error or aborted.
+    pub completed: BTreeMap<(&'static str, &'static str), u64>,
+    /// Latencies not yet exported; the socket loop drains them into histograms.
+    pub latencies: Vec<Latency>,
+}
+
+/// One finished task's timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency {
+    pub queue: &'static str,
+    /// Hub clock: request copy seen to reply copy seen.
+    pub turnaround: f64,
+    /// Engine clock: `started` to the reply's date, when both are known.
+    pub run: Option<f64>,
+}
+
+/// Latencies kept for export at most; beyond this, observations are skipped rather
+/// than let memory grow when nobody drains them.
+const MAX_PENDING_LATENCIES: usize = 100_000;
+
+impl HubStats {
+    fn finished(&mut self, queue: &'static str, outcome: &'static str, seen: Option<Instant>, now: Instant, run: Option<f64>) {
+        *self.completed.entry((queue, outcome)).or_default() += 1;
+        if let Some(t) = seen {
+            if self.latencies.len() < MAX_PENDING_LATENCIES {
+                self.latencies.push(Latency { queue, turnaround: now.saturating_duration_since(t).as_secs_f64(), run });
+            }
+        }
+    }
+}
+
+fn outcome(status: &str) -> &'static str {
+    match status {
+        "ok" => "ok",
+        "aborted" => "aborted",
+        _ => "error",
+    }
+}
+
+/// Seconds between the reply metadata's `started` and the reply header's `date`.
+fn run_seconds(md: &Value, reply_date: &str) -> Option<f64> {
+    let started = parse_iso(md.get("started").as_str()?)?;
+    let done = parse_iso(reply_date)?;
+    let us = (done - started).num_microseconds()?;
+    (us >= 0).then(|| us as f64 / 1e6)
 }
 
 pub struct Hub {
@@ -96,6 +143,8 @@ pub struct Hub {
     /// Which engine a load-balanced task went to, so its reply clears the right list even
     /// when the engine is gone by then.
     task_owner: HashMap<String, EngineId>,
+    /// When the request copy of each pending task arrived, for latency metrics.
+    seen: HashMap<String, Instant>,
     stranded: Vec<(Instant, Engine)>,
     next_probe: Option<Instant>,
     pub stats: HubStats,
@@ -135,6 +184,7 @@ impl Hub {
             unassigned: IndexSet::new(),
             queues: BTreeMap::new(),
             task_owner: HashMap::new(),
+            seen: HashMap::new(),
             stranded: Vec::new(),
             next_probe: None,
             stats: HubStats::default(),
@@ -299,6 +349,9 @@ impl Hub {
             if let Some(q) = self.queues.get_mut(&e.id) {
                 q.completed.push(msg_id.clone());
             }
+            // No latency: the task never finished.
+            self.seen.remove(&msg_id);
+            *self.stats.completed.entry(("mux", "error")).or_default() += 1;
             let now = utc_now();
             let content = error_value("EngineError", format!("Engine {} died while running task '{msg_id}'", e.id));
             let uuid = e.uuid.clone();
@@ -328,9 +381,15 @@ impl Hub {
                 buffers,
             })
         };
+        let peer = peer_name(&idents);
         let mut push = |o: HubOut| out.push(o);
         let t = header.msg_type.as_str();
         debug!(msg_type = t, msg_id = %header.msg_id, "query");
+        // Content that unpacks but has the wrong shape for its msg_type.
+        let malformed = |stats: &mut HubStats, e: &dyn std::fmt::Display| {
+            *stats.dropped.entry("malformed").or_default() += 1;
+            warn!(socket = "registration", reason = "malformed", peer = %peer, msg_type = t, "dropped message: bad content: {e}");
+        };
         match t {
             "connection_request" => {
                 let engines = self.reg.engines().map(|e| (e.id.to_string(), e.uuid.clone())).collect();
@@ -355,31 +414,34 @@ impl Hub {
                     }
                 },
                 Err(e) => {
-                    self.drop_msg("malformed");
+                    malformed(&mut self.stats, &e);
                     reply(&mut push, "registration_reply", error_value("ValueError", format!("bad registration_request: {e}")), vec![]);
                 }
             },
             "unregistration_request" => match self.unpack::<UnregistrationRequest>(content) {
                 Ok(UnregistrationRequest { id: Some(id) }) if id >= 0 => self.unregister(EngineId(id as u64), now, &mut VecOut(&mut push)),
                 Ok(_) => debug!("unregistration_request without an id ignored"),
-                Err(e) => {
-                    self.drop_msg("malformed");
-                    warn!("bad unregistration_request: {e}");
-                }
+                Err(e) => malformed(&mut self.stats, &e),
             },
             "queue_request" => match self.unpack::<QueueRequest>(content) {
                 Ok(q) => match self.queue_status(&q) {
                     Ok(c) => reply(&mut push, "queue_reply", c, vec![]),
                     Err(c) => reply(&mut push, "hub_error", c, vec![]),
                 },
-                Err(e) => reply(&mut push, "hub_error", error_value("ValueError", e), vec![]),
+                Err(e) => {
+                    malformed(&mut self.stats, &e);
+                    reply(&mut push, "hub_error", error_value("ValueError", e), vec![]);
+                }
             },
             "result_request" => match self.unpack::<ResultRequest>(content) {
                 Ok(r) => {
                     let (c, bufs) = self.results(&r);
                     reply(&mut push, "result_reply", c, bufs);
                 }
-                Err(e) => reply(&mut push, "result_reply", error_value("ValueError", e), vec![]),
+                Err(e) => {
+                    malformed(&mut self.stats, &e);
+                    reply(&mut push, "result_reply", error_value("ValueError", e), vec![]);
+                }
             },
             "history_request" => {
                 let c = match self.store.history() {
@@ -448,7 +510,7 @@ impl Hub {
             "stop_distributed_request" => reply(&mut push, "stop_distributed_reply", vmap! {"status" => "ok"}, vec![]),
             other => {
                 self.drop_msg("unknown");
-                warn!(msg_type = other, "unknown query type");
+                warn!(socket = "registration", reason = "unknown", peer = %peer, msg_type = other, "dropped message: unknown query type");
                 reply(&mut push, "hub_error", error_value("KeyError", format!("Bad Message Type: '{other}'")), vec![]);
             }
         }
@@ -767,11 +829,11 @@ impl Hub {
     /// the (already verified) message parts.
     pub fn monitor(&mut self, topic: &[u8], routing: &[Vec<u8>], msg: MonitorMsg<'_>, now: Instant, out: &mut impl Outbox) {
         match topic {
-            b"in" => self.mux_request(routing, msg),
-            b"out" => self.mux_reply(routing, msg),
-            b"intask" => self.task_request(msg),
+            b"in" => self.mux_request(routing, msg, now),
+            b"out" => self.mux_reply(routing, msg, now),
+            b"intask" => self.task_request(msg, now),
             b"tracktask" => self.task_destination(msg),
-            b"outtask" => self.task_reply(msg),
+            b"outtask" => self.task_reply(msg, now),
             b"iopub" => self.iopub(msg, now, out),
             b"incontrol" | b"outcontrol" | b"heartmonitor" => {}
             other => {
@@ -817,7 +879,7 @@ impl Hub {
         self.store_failed("request", &id, r);
     }
 
-    fn mux_request(&mut self, routing: &[Vec<u8>], msg: MonitorMsg<'_>) {
+    fn mux_request(&mut self, routing: &[Vec<u8>], msg: MonitorMsg<'_>, now: Instant) {
         let Some(target) = routing.first() else {
             self.drop_msg("malformed");
             return;
@@ -838,6 +900,8 @@ impl Hub {
         rec.engine_uuid = Some(uuid);
         let id = rec.msg_id.clone();
         debug!(msg_id = %id, engine = %eid, "mux request");
+        *self.stats.submitted.entry("mux").or_default() += 1;
+        self.seen.insert(id.clone(), now);
         self.pending.insert(id.clone());
         self.queues.entry(eid).or_default().queue.insert(id);
         self.save_request(rec);
@@ -882,7 +946,7 @@ impl Hub {
         }
     }
 
-    fn mux_reply(&mut self, routing: &[Vec<u8>], msg: MonitorMsg<'_>) {
+    fn mux_reply(&mut self, routing: &[Vec<u8>], msg: MonitorMsg<'_>, now: Instant) {
         let Some(engine) = routing.get(1) else {
             self.drop_msg("malformed");
             return;
@@ -898,6 +962,9 @@ impl Hub {
             let q = self.queues.entry(eid).or_default();
             q.queue.shift_remove(&parent);
             q.completed.push(parent.clone());
+            let md: Value = self.unpack(msg.metadata).unwrap_or_default();
+            let seen = self.seen.remove(&parent);
+            self.stats.finished("mux", outcome(md.get("status").as_str().unwrap_or("")), seen, now, run_seconds(&md, &msg.h.date));
         } else if !self.completed.contains(&parent) {
             debug!(msg_id = %parent, "reply to an unknown direct request");
             return;
@@ -906,7 +973,7 @@ impl Hub {
         self.store_result(&parent, &msg, None);
     }
 
-    fn task_request(&mut self, msg: MonitorMsg<'_>) {
+    fn task_request(&mut self, msg: MonitorMsg<'_>, now: Instant) {
         let rec = match self.request_record(&msg, "task") {
             Ok(r) => r,
             Err(e) => {
@@ -917,6 +984,8 @@ impl Hub {
         };
         let id = rec.msg_id.clone();
         debug!(msg_id = %id, "task submitted");
+        *self.stats.submitted.entry("task").or_default() += 1;
+        self.seen.insert(id.clone(), now);
         self.pending.insert(id.clone());
         self.unassigned.insert(id);
         self.save_request(rec);
@@ -943,7 +1012,7 @@ impl Hub {
         self.store_failed("task destination", &d.msg_id, r);
     }
 
-    fn task_reply(&mut self, msg: MonitorMsg<'_>) {
+    fn task_reply(&mut self, msg: MonitorMsg<'_>, now: Instant) {
         let parent = msg.parent_id.clone();
         let md: Value = self.unpack(msg.metadata).unwrap_or_default();
         let engine = md.get("engine").as_str().unwrap_or("").to_owned();
@@ -954,6 +1023,8 @@ impl Hub {
             return;
         }
         self.completed.insert(parent.clone());
+        let seen = self.seen.remove(&parent);
+        self.stats.finished("task", outcome(status), seen, now, run_seconds(&md, &msg.h.date));
         if let Some(eid) = self.task_owner.remove(&parent) {
             let q = self.queues.entry(eid).or_default();
             q.tasks.shift_remove(&parent);
@@ -1011,6 +1082,15 @@ impl Hub {
 type Resubmission = (Vec<HubOut>, Vec<(String, String)>);
 
 /// The error content for a failed store read.
+/// The first routing frame, readable: uuids as text, random ids as hex.
+pub fn peer_name(idents: &[Vec<u8>]) -> String {
+    match idents.first() {
+        Some(f) if !f.is_empty() && f.iter().all(|b| b.is_ascii_graphic()) => String::from_utf8_lossy(f).into_owned(),
+        Some(f) => f.iter().take(16).map(|x| format!("{x:02x}")).collect(),
+        None => String::new(),
+    }
+}
+
 fn store_error(e: &StoreError) -> Value {
     error_value(e.ename(), e.evalue())
 }

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod heart;
 pub mod hub;
+pub mod metrics;
 pub mod profile;
 pub mod query;
 pub mod records;

@@ -187,8 +187,12 @@ impl Controller {
                 format!("--scheme={}", cfg.scheme),
                 format!("--hwm={}", cfg.hwm),
                 format!("--log-level={}", crate::cli::tracing_level(&cfg.log_level)),
+                format!("--log-format={}", cfg.log_format),
                 "--lifeline".to_owned(),
             ]);
+            if let Some(addr) = crate::cli::scheduler_metrics_addr(cfg) {
+                cmd.arg(format!("--metrics-addr={addr}"));
+            }
             cmd.env("IPPX_SESSION_KEY", &key).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
             let mut child = cmd.spawn().with_context(|| format!("starting {}", scheduler_path(cfg).display()))?;
             let ready = read_ready(&mut child).context("waiting for ippx-scheduler to bind its sockets")?;
@@ -303,7 +307,7 @@ impl Controller {
     }
 
     /// Starts the hub's socket thread.
-    pub fn start(&mut self, events: mpsc::Sender<Event>) -> anyhow::Result<(Waker, std::thread::JoinHandle<()>)> {
+    pub fn start(&mut self, events: mpsc::Sender<Event>, metrics: crate::metrics::HubMetrics) -> anyhow::Result<(Waker, std::thread::JoinHandle<()>)> {
         let (waker, stop) = tp::waker(&self.ctx, "hub-stop")?;
         let socks = self.socks.take().context("already started")?;
         let hub = self.hub.take().context("already started")?;
@@ -311,7 +315,7 @@ impl Controller {
         let monitor_session = Session::new(self.session_cfg.clone())?;
         let state_file = self.profile.state_file();
         let handle = std::thread::Builder::new().name("hub-io".into()).spawn(move || {
-            let mut io = HubIo { socks, hub, session, monitor_session, state_file, events: events.clone() };
+            let mut io = HubIo { socks, hub, session, monitor_session, state_file, events: events.clone(), metrics, last_sync: Instant::now() };
             if let Err(e) = io.run(stop) {
                 error!("hub socket loop failed: {e:#}");
                 let _ = events.send(Event::Fatal(format!("{e:#}")));
@@ -392,14 +396,15 @@ struct HubIo {
     monitor_session: Session,
     state_file: PathBuf,
     events: mpsc::Sender<Event>,
+    metrics: crate::metrics::HubMetrics,
+    last_sync: Instant,
 }
+
+/// How often the hub's counts are exported to the metrics.
+const METRICS_SYNC: Duration = Duration::from_millis(200);
 
 fn peer(frames: &[Vec<u8>]) -> String {
-    frames.first().map(|f| if f.iter().all(|b| b.is_ascii_graphic()) { String::from_utf8_lossy(f).into_owned() } else { hex_short(f) }).unwrap_or_default()
-}
-
-fn hex_short(b: &[u8]) -> String {
-    b.iter().take(16).map(|x| format!("{x:02x}")).collect()
+    crate::hub::peer_name(frames)
 }
 
 fn to_vecs(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
@@ -413,8 +418,12 @@ impl HubIo {
             let now = Instant::now();
             self.hub.tick(now, &mut outs);
             self.execute(&mut outs);
-            let wait = self.hub.next_deadline().saturating_duration_since(Instant::now());
-            let timeout = (wait.as_millis() as i64).clamp(0, 1000);
+            if now.duration_since(self.last_sync) >= METRICS_SYNC {
+                self.metrics.sync(&mut self.hub);
+                self.last_sync = now;
+            }
+            let wait = self.hub.next_deadline().saturating_duration_since(Instant::now()).min(METRICS_SYNC);
+            let timeout = wait.as_millis() as i64;
             let ready = tp::poll(&[stop.socket(), &self.socks.registration, &self.socks.pong, &self.socks.monitor, &self.socks.submit], timeout)?;
             if ready[0] {
                 stop.drain();
@@ -456,6 +465,7 @@ impl HubIo {
                 warn!(socket = "hb_pong", peer = %peer(&to_vecs(msgs)), "dropped pong with unexpected frame count");
                 continue;
             }
+            self.metrics.received("hb_pong", "pong");
             self.hub.pong(&msgs[0], &msgs[1], outs);
         }
         self.execute(outs);
@@ -465,10 +475,23 @@ impl HubIo {
         let who = peer(&frames);
         match self.session.receive(frames, true) {
             Ok((env, header)) => {
+                self.metrics.received("registration", &header.msg_type);
+                // Python's Session unpacks all four dicts before a handler runs; a frame
+                // that does not unpack gets hub_error, whatever the handler would read.
+                for (part, bytes) in [("parent_header", env.parent_bytes()), ("metadata", env.metadata_bytes()), ("content", env.content_bytes())] {
+                    if let Err(e) = self.session.unpack::<ippx_protocol::Value>(bytes) {
+                        self.hub.drop_msg("malformed");
+                        warn!(socket = "registration", reason = "malformed", peer = %who, msg_type = %header.msg_type, "dropped message: cannot unpack {part}: {e}");
+                        let content = ippx_protocol::content::ErrorContent::new("ProtocolError", format!("cannot unpack {part}: {e}")).to_value();
+                        outs.push(HubOut::Reply { idents: env.idents().to_vec(), msg_type: "hub_error".into(), parent: env.header_bytes().to_vec(), content, buffers: vec![] });
+                        return;
+                    }
+                }
                 let idents = env.idents().to_vec();
                 self.hub.query(idents, &header, env.header_bytes(), env.content_bytes(), Instant::now(), outs);
             }
             Err((e, frames)) => {
+                self.metrics.received("registration", "");
                 self.hub.drop_msg(e.reason());
                 warn!(socket = "registration", reason = e.reason(), peer = %who, "dropped message: {e}");
                 // Answer where we can, so a client never waits forever (spec 4.2).
@@ -512,6 +535,7 @@ impl HubIo {
                 return;
             }
         };
+        self.metrics.received("monitor", &h.msg_type);
         let parent_id = self.monitor_session.unpack::<ParentRef>(env.parent_bytes()).map(|p| p.msg_id).unwrap_or_default();
         let msg = MonitorMsg {
             h: &h,

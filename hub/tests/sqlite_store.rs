@@ -371,9 +371,9 @@ fn commit_latency_report() {
         // Idle hub: one task at a time.
         let mut lat = Vec::new();
         for i in 0..500u64 {
+            let t0 = Instant::now();
             put(&mut db, &crash_record(i));
             let w = db.stats().writes;
-            let t0 = Instant::now();
             while db.stats().durable < w {
                 std::hint::spin_loop();
             }
@@ -389,8 +389,9 @@ fn commit_latency_report() {
             let r = crash_record(1000 + i);
             let id = r.msg_id.clone();
             put(&mut db, &r);
+            let t = Instant::now();
             db.update(&id, Missing::Skip, &mut |r| r.result_buffers = vec![vec![1; 100]]).expect("reply");
-            waiting.push_back((db.stats().writes, Instant::now()));
+            waiting.push_back((db.stats().writes, t));
             let d = db.stats().durable;
             while waiting.front().is_some_and(|(w, _)| *w <= d) {
                 if let Some((_, t)) = waiting.pop_front() {

@@ -6,17 +6,6 @@ pub mod relay;
 pub mod runner;
 pub mod task;
 
-use std::collections::BTreeMap;
+pub mod metrics;
 
-/// Counts of dropped messages by reason; exported as metrics by a later issue and
-/// logged at exit.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub dropped: BTreeMap<&'static str, u64>,
-}
-
-impl Counters {
-    pub fn drop(&mut self, reason: &'static str) {
-        *self.dropped.entry(reason).or_default() += 1;
-    }
-}
+pub use metrics::Counters;

@@ -95,6 +95,38 @@ pub struct Scheduler {
     task: Option<TaskScheduler>,
     broadcast: BroadcastScheduler,
     counters: Counters,
+    rx: Rx,
+}
+
+/// Per-socket receive counters, taken out of the metric family once.
+struct Rx {
+    mux_in: prometheus_client::metrics::counter::Counter,
+    mux_out: prometheus_client::metrics::counter::Counter,
+    control_in: prometheus_client::metrics::counter::Counter,
+    control_out: prometheus_client::metrics::counter::Counter,
+    iopub: prometheus_client::metrics::counter::Counter,
+    task_in: prometheus_client::metrics::counter::Counter,
+    task_out: prometheus_client::metrics::counter::Counter,
+    broadcast_in: prometheus_client::metrics::counter::Counter,
+    broadcast_out: prometheus_client::metrics::counter::Counter,
+    notification: prometheus_client::metrics::counter::Counter,
+}
+
+impl Rx {
+    fn new(c: &Counters) -> Self {
+        Rx {
+            mux_in: c.received("mux_in"),
+            mux_out: c.received("mux_out"),
+            control_in: c.received("control_in"),
+            control_out: c.received("control_out"),
+            iopub: c.received("iopub"),
+            task_in: c.received("task_in"),
+            task_out: c.received("task_out"),
+            broadcast_in: c.received("broadcast_in"),
+            broadcast_out: c.received("broadcast_out"),
+            notification: c.received("notification"),
+        }
+    }
 }
 
 fn frames_of(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
@@ -102,8 +134,9 @@ fn frames_of(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
 }
 
 impl Scheduler {
-    /// Binds every socket; nothing is read until [`Scheduler::run`].
-    pub fn bind(ctx: &zmq::Context, cfg: SchedulerConfig) -> anyhow::Result<Self> {
+    /// Binds every socket; nothing is read until [`Scheduler::run`]. `counters` are the
+    /// metrics this scheduler updates (registered by the caller if it serves them).
+    pub fn bind(ctx: &zmq::Context, cfg: SchedulerConfig, counters: Counters) -> anyhow::Result<Self> {
         let t = cfg.transport.as_str();
         let router = |id: &[u8]| tp::socket(ctx, SocketType::ROUTER, Some(id));
         let mux_in = router(b"mux_in")?;
@@ -176,7 +209,8 @@ impl Scheduler {
             notif,
             query,
         };
-        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters: Counters::default() })
+        let rx = Rx::new(&counters);
+        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters, rx })
     }
 
     pub fn ports(&self) -> &BoundPorts {
@@ -256,7 +290,10 @@ impl Scheduler {
             if let Some(task) = self.task.as_mut() {
                 let mut out = Out { socks: &self.socks, counters: &mut self.counters };
                 task.tick(Instant::now(), &mut out);
+                let stats = task.stats();
+                self.counters.sync_task(&stats);
             }
+            self.counters.set_broadcasts_pending(self.broadcast.pending());
         }
     }
 
@@ -267,6 +304,7 @@ impl Scheduler {
 
     fn drain_notifications(&mut self) {
         while let Ok(Some(msgs)) = tp::try_recv(&self.socks.notif) {
+            self.rx.notification.inc();
             let frames = frames_of(msgs);
             let (env, header) = match self.session.receive(frames, false) {
                 Ok(ok) => ok,
@@ -347,15 +385,16 @@ impl Scheduler {
 
     fn drain_direct(&mut self, which: Direct) {
         let s = &self.socks;
-        let (src, dst, name, topic): (&zmq::Socket, &zmq::Socket, &'static str, Option<&'static [u8]>) = match which {
-            Direct::MuxIn => (&s.mux_in, &s.mux_out, "mux", Some(b"in")),
-            Direct::MuxOut => (&s.mux_out, &s.mux_in, "mux", Some(b"out")),
+        let (src, dst, name, topic, rx): (&zmq::Socket, &zmq::Socket, &'static str, Option<&'static [u8]>, _) = match which {
+            Direct::MuxIn => (&s.mux_in, &s.mux_out, "mux", Some(b"in"), &self.rx.mux_in),
+            Direct::MuxOut => (&s.mux_out, &s.mux_in, "mux", Some(b"out"), &self.rx.mux_out),
             // The hub ignores control copies, so we do not send them.
-            Direct::CtlIn => (&s.ctl_in, &s.ctl_out, "control", None),
-            Direct::CtlOut => (&s.ctl_out, &s.ctl_in, "control", None),
+            Direct::CtlIn => (&s.ctl_in, &s.ctl_out, "control", None, &self.rx.control_in),
+            Direct::CtlOut => (&s.ctl_out, &s.ctl_in, "control", None, &self.rx.control_out),
         };
         for _ in 0..4096 {
             let Ok(Some(mut msgs)) = tp::try_recv(src) else { break };
+            rx.inc();
             if let Err(e) = relay::swap_route(&mut msgs) {
                 let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
                 self.counters.drop(e.reason());
@@ -380,6 +419,7 @@ impl Scheduler {
         let s = &self.socks;
         for _ in 0..4096 {
             let Ok(Some(msgs)) = tp::try_recv(&s.iopub_sub) else { break };
+            self.rx.iopub.inc();
             if let Err(e) = relay::check_iopub(&msgs) {
                 let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
                 self.counters.drop(e.reason());
@@ -400,6 +440,7 @@ impl Scheduler {
             // Notifications that arrived meanwhile must be seen before this submission.
             self.drain_notifications();
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_in) else { break };
+            self.rx.task_in.inc();
             match self.cfg.task_mode {
                 TaskMode::Balanced(_) => {
                     let frames = frames_of(msgs);
@@ -432,6 +473,7 @@ impl Scheduler {
     fn drain_task_out(&mut self) {
         for _ in 0..4096 {
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_out) else { break };
+            self.rx.task_out.inc();
             match self.cfg.task_mode {
                 TaskMode::Balanced(_) => {
                     let frames = frames_of(msgs);
@@ -465,11 +507,21 @@ impl Scheduler {
                 Some(i) => &self.socks.bcast_leaves[i],
             };
             let Ok(Some(msgs)) = tp::try_recv(sock) else { break };
+            match leaf {
+                None => self.rx.broadcast_in.inc(),
+                Some(_) => self.rx.broadcast_out.inc(),
+            };
             let frames = frames_of(msgs);
             let peer = frames.first().cloned().unwrap_or_default();
             let mut out = BOut { socks: &self.socks, counters: &mut self.counters };
             let r = match leaf {
-                None => self.broadcast.submit(frames, &mut out),
+                None => {
+                    let r = self.broadcast.submit(frames, &mut out);
+                    if r.is_ok() {
+                        self.counters.broadcast_submitted();
+                    }
+                    r
+                }
                 Some(i) => self.broadcast.engine_reply(i, frames, &mut out),
             };
             if let Err(e) = r {
@@ -535,6 +587,7 @@ impl BroadcastOutbox for BOut<'_> {
         }
     }
     fn to_client(&mut self, frames: Vec<Vec<u8>>) {
+        self.counters.broadcast_completed(true);
         if let Err(e) = tp::send(&self.socks.bcast_root, frames) {
             self.counters.drop("unroutable");
             warn!(socket = "broadcast", "cannot route reply to client: {e}");

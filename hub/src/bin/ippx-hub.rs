@@ -46,11 +46,8 @@ fn main() -> ExitCode {
         }
         Action::Run => {}
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::new(cli::tracing_level(&cfg.log_level)))
-        .init();
+    let format = cfg.log_format.parse().unwrap_or(ippx_telemetry::logging::LogFormat::Text);
+    ippx_telemetry::logging::init(cli::tracing_level(&cfg.log_level), format);
     for w in &cfg.warnings {
         warn!("{w}");
     }
@@ -64,17 +61,38 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: &HubConfig) -> anyhow::Result<()> {
+    // Bind the metrics port before anything else, so a taken port fails fast.
+    let metrics_listener = match &cfg.metrics_addr {
+        Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("binding --metrics-addr {a}: {e}"))?),
+        None => None,
+    };
     let mut ctl = Controller::bind(cfg)?;
     if let Err(e) = ctl.write_connection_files() {
         ctl.stop_scheduler();
         return Err(e);
     }
     let (tx, rx) = mpsc::channel();
-    let (waker, io_thread) = ctl.start(tx)?;
+    let metrics = ippx_hub::metrics::HubMetrics::new();
+    let mut registry = ippx_telemetry::prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let health = ippx_telemetry::Health::new();
+    let (waker, io_thread) = ctl.start(tx, metrics)?;
+    health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let reason = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
+        if let Some(l) = metrics_listener {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            info!(addr = %l.local_addr()?, "serving /metrics, /healthz, /readyz");
+            let health = health.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
+                    error!("metrics server failed: {e}");
+                }
+            });
+        }
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -93,6 +111,7 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
                         Err(_) => {}
                     }
                     if !ctl.scheduler_alive() {
+                        health.children_ok.store(false, std::sync::atomic::Ordering::Relaxed);
                         anyhow::bail!("ippx-scheduler died; stopping the controller");
                     }
                 }

@@ -79,6 +79,10 @@ pub struct SqliteConfig {
     pub synchronous: Synchronous,
     /// Changes waiting for the writer before the hub blocks (back-pressure).
     pub queue: usize,
+    /// Bytes of records waiting for the writer before the hub blocks (back-pressure).
+    pub queue_bytes: usize,
+    /// How often the WAL is checkpointed into the main file (off the writer's path).
+    pub checkpoint_interval: Duration,
     /// Most changes in one transaction.
     pub batch: usize,
     /// Committed records kept in memory for fast updates.
@@ -97,7 +101,9 @@ impl SqliteConfig {
             max_records: None,
             max_bytes: None,
             synchronous: Synchronous::Normal,
-            queue: 4096,
+            queue: 1024,
+            queue_bytes: 8 << 20,
+            checkpoint_interval: Duration::from_millis(500),
             batch: 1024,
             cache_records: 4096,
             cache_bytes: 64 << 20,
@@ -617,9 +623,38 @@ pub struct SqliteStore {
     /// (wseq, msg_id) in write order, for eviction once committed. May hold stale pairs.
     order: VecDeque<(u64, String)>,
     overlay_bytes: usize,
+    /// (wseq, bytes) of writes not yet committed, for byte back-pressure.
+    inflight: VecDeque<(u64, usize)>,
+    inflight_bytes: usize,
     next_wseq: u64,
     next_seq: i64,
     writer_failed: bool,
+    checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// Copies the WAL into the main file every `interval` without blocking the writer
+/// (PASSIVE), and forces a WAL restart (briefly holding the writer) if the WAL has grown
+/// past 64 MiB because the writer never paused.
+fn checkpointer(path: PathBuf, interval: Duration, stop: mpsc::Receiver<()>) {
+    let conn = match open_conn(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SQLite store: no checkpoint connection ({e}); the WAL will grow until shutdown");
+            return;
+        }
+    };
+    let mut mode = "PASSIVE";
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))) {
+            Ok((log, done)) => {
+                mode = if log > 16384 { "RESTART" } else { "PASSIVE" };
+                if log > 0 {
+                    debug!(wal_frames = log, checkpointed = done, "WAL checkpoint");
+                }
+            }
+            Err(e) => debug!("WAL checkpoint: {e}"),
+        }
+    }
 }
 
 fn open_conn(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
@@ -650,6 +685,8 @@ impl SqliteStore {
             warn!(path = %p.display(), "SQLite store: journal mode is {mode}, not WAL");
         }
         wconn.execute_batch(&format!("PRAGMA synchronous = {}", cfg.synchronous.pragma()))?;
+        // Checkpoints run on their own thread (below), never inside a commit.
+        wconn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let table = init_schema(&wconn, &cfg.table).with_context(|| format!("creating the task table in {}", p.display()))?;
         let max_seq: i64 = wconn.query_row(&format!("SELECT COALESCE(MAX(seq), 0) FROM {}", quote(&table)), [], |r| r.get(0))?;
         let count: i64 = wconn.query_row(&format!("SELECT COUNT(*) FROM {}", quote(&table)), [], |r| r.get(0))?;
@@ -661,6 +698,9 @@ impl SqliteStore {
         let (dtx, drx) = mpsc::channel();
         let writer = Writer::new(wconn, table.clone(), cfg.clone(), shared.clone(), dtx);
         let handle = std::thread::Builder::new().name("ippx-sqlite".into()).spawn(move || writer.run(rx))?;
+        let (ctx, crx) = mpsc::channel();
+        let (cpath, every) = (cfg.path.clone(), cfg.checkpoint_interval);
+        let ckpt = std::thread::Builder::new().name("ippx-sqlite-ckpt".into()).spawn(move || checkpointer(cpath, every, crx))?;
         Ok(SqliteStore {
             cfg,
             table,
@@ -672,9 +712,12 @@ impl SqliteStore {
             overlay: HashMap::new(),
             order: VecDeque::new(),
             overlay_bytes: 0,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
             next_wseq: 1,
             next_seq: max_seq + 1,
             writer_failed: false,
+            checkpointer: Some((ctx, ckpt)),
         })
     }
 
@@ -699,7 +742,27 @@ impl SqliteStore {
         CommitHold(self.shared.clone())
     }
 
+    /// Forgets committed writes; returns the bytes still waiting for the writer.
+    fn reap_inflight(&mut self) -> usize {
+        let committed = self.shared.committed.load(Ordering::Acquire);
+        while self.inflight.front().is_some_and(|(w, _)| *w <= committed) {
+            if let Some((_, n)) = self.inflight.pop_front() {
+                self.inflight_bytes -= n;
+            }
+        }
+        self.inflight_bytes
+    }
+
     fn send(&mut self, op: Op) {
+        if let Op::Put { wseq, ref rec, .. } = op {
+            // Byte back-pressure: big buffers must not pile up ahead of the writer.
+            while !self.writer_failed && self.reap_inflight() > self.cfg.queue_bytes {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let n = rec.approx_size();
+            self.inflight.push_back((wseq, n));
+            self.inflight_bytes += n;
+        }
         let Some(tx) = &self.tx else { return };
         if tx.send(op).is_err() && !self.writer_failed {
             self.writer_failed = true;
@@ -774,6 +837,10 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        if let Some((stop, h)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = h.join();
+        }
         // Closing the queue makes the writer commit what is left and exit.
         drop(self.tx.take());
         if let Some(h) = self.writer.take() {

@@ -55,6 +55,12 @@ struct Args {
     hwm: usize,
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: ippx_telemetry::logging::LogFormat,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9811). Off unless set.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Exit when standard input closes: the hub holds the other end of that pipe, so we
     /// die with it even when it is SIGKILLed.
     #[arg(long)]
@@ -63,11 +69,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| "info".into()))
-        .init();
+    ippx_telemetry::logging::init(&args.log_level, args.log_format);
     if args.lifeline {
         die_with_parent();
     }
@@ -99,7 +101,21 @@ fn main() -> anyhow::Result<()> {
         stranded_delay: Duration::from_secs(5),
     };
     let ctx = ippx_transport::zmq::Context::new();
-    let sched = Scheduler::bind(&ctx, cfg)?;
+    let counters = ippx_scheduler::Counters::default();
+    let mut registry = ippx_telemetry::prometheus_client::registry::Registry::default();
+    counters.register(&mut registry);
+    ippx_telemetry::prometheus_client::registry::Registry::sub_registry_with_prefix(&mut registry, "ippx").register(
+        "build",
+        "ippx build information",
+        ippx_telemetry::prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION")), ("component", "scheduler")]),
+    );
+    let sched = Scheduler::bind(&ctx, cfg, counters)?;
+    let health = ippx_telemetry::Health::new();
+    health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics address {addr}"))?),
+        None => None,
+    };
     // The hub reads this one line to learn the ports for the connection files.
     let line = serde_json::to_string(&serde_json::json!({ "ippx_scheduler_ready": sched.ports() }))?;
     {
@@ -125,6 +141,19 @@ fn main() -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::spawn(move || {
             rt.block_on(async {
+                if let Some(l) = metrics_listener {
+                    let serve = async move {
+                        l.set_nonblocking(true)?;
+                        let l = tokio::net::TcpListener::from_std(l)?;
+                        tracing::info!(addr = %l.local_addr()?, "serving /metrics");
+                        ippx_telemetry::serve(l, registry, health, std::future::pending()).await
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = serve.await {
+                            tracing::error!("metrics server failed: {e}");
+                        }
+                    });
+                }
                 let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                     Ok(s) => s,
                     Err(_) => return,
@@ -138,7 +167,7 @@ fn main() -> anyhow::Result<()> {
         });
     }
     let counters = sched.run(stop)?;
-    tracing::info!(dropped = ?counters.dropped, "scheduler exited");
+    tracing::info!(dropped = ?counters.dropped_summary(), "scheduler exited");
     Ok(())
 }
 
