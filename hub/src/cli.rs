@@ -72,6 +72,8 @@ pub struct HubConfig {
     pub scheduler_metrics_addr: Option<String>,
     /// `--log-format=text|json`.
     pub log_format: String,
+    /// `--config=PATH`: an `ippx.toml` (or, ending in `.py`, an `ipcontroller_config.py`).
+    pub config_file: Option<PathBuf>,
     pub scheduler_cmd: Option<PathBuf>,
     pub warnings: Vec<String>,
 }
@@ -123,6 +125,7 @@ impl Default for HubConfig {
             metrics_addr: None,
             scheduler_metrics_addr: None,
             log_format: "text".into(),
+            config_file: None,
             scheduler_cmd: None,
             warnings: Vec::new(),
         }
@@ -216,7 +219,10 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
         "IPController.db_class" => {
             cfg.db = db_from_class(&v).ok_or_else(|| CliError(format!("--{name}: unsupported db class {v:?} (DictDB, SQLiteDB or NoDB)")))?
         }
-        "TaskScheduler.scheme_name" => cfg.scheme = v,
+        "TaskScheduler.scheme_name" => {
+            check_scheme(&v).map_err(|e| CliError(format!("--{name}: {e}")))?;
+            cfg.scheme = v;
+        }
         "TaskScheduler.hwm" => cfg.hwm = parse_num(name, &v)?,
         "Session.packer" => cfg.packer = v,
         "Session.unpacker" => cfg.unpacker = Some(v),
@@ -274,7 +280,7 @@ fn alias(name: &str) -> Option<&'static str> {
 }
 
 /// Aliases that take a value but mean nothing to ippx.
-const IGNORED_ALIASES: &[&str] = &["ssh", "enginessh", "work-dir", "log-to-file", "clean-logs", "log-url", "config", "url"];
+const IGNORED_ALIASES: &[&str] = &["ssh", "enginessh", "work-dir", "log-to-file", "clean-logs", "log-url", "url"];
 
 /// Parses argv (without the program name) into `cfg`, after the config file and the
 /// environment have been applied, so the command line wins.
@@ -338,6 +344,10 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
             cfg.scheduler_cmd = Some(PathBuf::from(take_value(&mut i)?));
             continue;
         }
+        if name == "config" {
+            cfg.config_file = Some(PathBuf::from(take_value(&mut i)?));
+            continue;
+        }
         if name == "metrics-addr" {
             cfg.metrics_addr = Some(parse_addr(name, &take_value(&mut i)?)?);
             continue;
@@ -377,6 +387,17 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
         return Err(CliError(format!("unrecognised option {arg:?} (see --help)")));
     }
     Ok(Action::Run)
+}
+
+/// The task schemes `--scheme` accepts.
+pub const SCHEMES: &[&str] = &["leastload", "lru", "twobin", "weighted", "plainrandom", "pure", "none"];
+
+pub fn check_scheme(s: &str) -> Result<(), String> {
+    if SCHEMES.contains(&s.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(format!("unknown scheme {s:?} (one of {})", SCHEMES.join(", ")))
+    }
 }
 
 /// `host:port` with a numeric port, as `--metrics-addr` takes it.
@@ -502,6 +523,11 @@ Usage: ippx-hub [options]
   --metrics-addr=H:P      serve Prometheus /metrics, /healthz, /readyz (off unless set)
   --scheduler-metrics-addr=H:P   the scheduler's /metrics (default: metrics port + 1)
   --log-format=text|json  log lines as text (default) or JSON
+  --config=PATH           an ippx.toml (default <profile>/ippx.toml) or an ipcontroller_config.py
+  --print-config          print every setting and where it came from, then exit
+
+Layers, lowest first: defaults, <profile>/ipcontroller_config.py, ippx.toml,
+$IPP_* / $IPYTHONDIR, $IPPX_<SECTION>__<KEY> (e.g. IPPX_METRICS__ADDR), the command line.
   --version, --help
 
 Config: simple `c.Class.trait = value` lines of <profile>/ipcontroller_config.py are read.

@@ -10,4 +10,5 @@ pub mod query;
 pub mod records;
 pub mod registry;
 pub mod server;
+pub mod settings;
 pub mod store;

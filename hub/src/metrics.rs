@@ -9,7 +9,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
 
@@ -134,8 +133,8 @@ impl HubMetrics {
     }
 
     pub fn register(&self, registry: &mut Registry) {
+        ippx_telemetry::register_build_info(registry, "hub");
         let r = registry.sub_registry_with_prefix("ippx");
-        r.register("build", "ippx build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION")), ("component", "hub")]));
         r.register("engines_registered", "Engines whose registration completed", self.engines_registered.clone());
         r.register("engines_lost", "Engines unregistered (exit, crash or stopped heart)", self.engines_lost.clone());
         r.register("engines_connected", "Engines currently registered", self.engines_connected.clone());

@@ -130,6 +130,7 @@ impl Controller {
             session_cfg.username.clone_from(u);
         }
 
+        warn_if_unreachable(cfg);
         let ctx = zmq::Context::new();
         let t = cfg.transport.as_str();
         let registration = tp::socket(&ctx, SocketType::ROUTER, None)?;
@@ -354,6 +355,39 @@ impl Controller {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+fn is_loopback(ip: &str) -> bool {
+    ip == "localhost" || ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+}
+
+/// Engines on other machines cannot reach a controller bound to loopback. Users lose
+/// hours to this (ipyparallel #499, #355), so say it loudly at start-up when the
+/// configuration suggests remote peers.
+pub fn remote_peers_warning(cfg: &HubConfig) -> Option<String> {
+    let loop_engine = is_loopback(&cfg.engine_ip);
+    let loop_client = is_loopback(&cfg.client_ip);
+    let location = cfg.location.as_deref().filter(|l| !l.is_empty() && !is_loopback(l))?;
+    if !(loop_engine || loop_client) {
+        return None;
+    }
+    let which = match (loop_engine, loop_client) {
+        (true, true) => "engines and clients",
+        (true, false) => "engines",
+        _ => "clients",
+    };
+    Some(format!(
+        "the controller binds only loopback (engine ip {}, client ip {}) but --location={location} says peers are remote: \
+         {which} on other machines will not be able to connect. Use --ip=0.0.0.0 (or this machine's address) to accept them.",
+        cfg.engine_ip, cfg.client_ip
+    ))
+}
+
+fn warn_if_unreachable(cfg: &HubConfig) {
+    if let Some(w) = remote_peers_warning(cfg) {
+        warn!("!!! {w}");
+        eprintln!("\nWARNING: {w}\n");
     }
 }
 
@@ -595,5 +629,22 @@ impl HubIo {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_with_a_remote_location_warns() {
+        let mut cfg = HubConfig { location: Some("10.1.2.3".into()), ..Default::default() };
+        assert!(remote_peers_warning(&cfg).is_some_and(|w| w.contains("engines and clients")));
+        cfg.engine_ip = "0.0.0.0".into();
+        cfg.client_ip = "0.0.0.0".into();
+        assert!(remote_peers_warning(&cfg).is_none());
+        let local = HubConfig { location: Some("127.0.0.1".into()), ..Default::default() };
+        assert!(remote_peers_warning(&local).is_none());
+        assert!(remote_peers_warning(&HubConfig::default()).is_none());
     }
 }

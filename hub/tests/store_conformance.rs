@@ -161,7 +161,7 @@ fn conformance(db: &mut dyn Store) {
     assert_eq!(r2.header.get("msg_id").as_str(), Some(id.as_str()));
 
     // Orphans (IOPub before any request) are records but not history.
-    db.update("orphan-1", Missing::Create, &mut |r| r.stdout.push_str("x")).expect("update");
+    db.update("orphan-1", Missing::Create, &mut |r| r.stdout.push('x')).expect("update");
     assert!(!db.history().expect("history").contains(&"orphan-1".to_owned()));
     assert_eq!(find(db, Query::ids(&["orphan-1"])).len(), 1);
     // Skip leaves missing records missing.

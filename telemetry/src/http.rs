@@ -35,13 +35,58 @@ struct AppState {
 
 /// The OpenMetrics text content type `prometheus-client` encodes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format, for scrapers that do not ask for OpenMetrics.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4: counter families are named
+/// with their `_total` samples' name, and `# UNIT` / `# EOF` lines go. Prometheus asks for
+/// OpenMetrics and gets it unchanged; `promtool check metrics`, curl and older scrapers
+/// get this form.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+async fn metrics(State(s): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     s.process.refresh();
     let mut body = String::new();
-    match encode(&mut body, &s.registry) {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+    if let Err(e) = encode(&mut body, &s.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response();
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+    } else {
+        (StatusCode::OK, [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], to_prometheus_text(&body)).into_response()
     }
 }
 
@@ -84,8 +129,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        get_with(addr, path, "").await
+    }
+
+    async fn get_with(addr: std::net::SocketAddr, path: &str, extra: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("write");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n").as_bytes()).await.expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
@@ -107,8 +156,12 @@ mod tests {
         }));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("ippx_things_total 3"), "{m}");
+        assert!(m.contains("# TYPE ippx_things_total counter"), "{m}");
         assert!(m.contains("process_resident_memory_bytes"), "{m}");
-        assert!(m.trim_end().ends_with("# EOF"));
+        assert!(!m.contains("# EOF"));
+        let om = get_with(addr, "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n").await;
+        assert!(om.contains("# TYPE ippx_things counter"), "{om}");
+        assert!(om.trim_end().ends_with("# EOF"));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         health.ready.store(true, Ordering::Relaxed);

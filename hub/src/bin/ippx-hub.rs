@@ -2,39 +2,28 @@
 //! ipcontroller's command line.
 
 use ippx_hub::cli::{self, Action, HubConfig};
-use ippx_hub::profile::Profile;
+use ippx_hub::settings;
 use ippx_hub::server::{Controller, Event};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
-fn configure(args: &[String]) -> Result<(HubConfig, Action), cli::CliError> {
-    let env = |k: &str| std::env::var(k).ok();
-    // First pass only to find the profile, whose config file sits under the rest.
-    let mut pre = HubConfig::default();
-    cli::apply_env(&mut pre, env);
-    let action = cli::parse_args(&mut pre, args)?;
-    if action != Action::Run {
-        return Ok((pre, action));
-    }
-    let profile = Profile::resolve(&pre, std::env::var_os("HOME").map(Into::into));
-    let mut cfg = HubConfig::default();
-    cli::apply_config_file(&mut cfg, &profile.config_file())?;
-    cli::apply_env(&mut cfg, env);
-    cli::parse_args(&mut cfg, args)?;
-    Ok((cfg, Action::Run))
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cfg, action) = match configure(&args) {
-        Ok(c) => c,
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let loaded = match settings::load(&args, &vars) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("ippx-hub: {e}");
             return ExitCode::from(2);
         }
     };
+    if loaded.print_config && loaded.action == Action::Run {
+        print!("{}", settings::render(&loaded));
+        return ExitCode::SUCCESS;
+    }
+    let (cfg, action) = (loaded.cfg, loaded.action);
     match action {
         Action::Help => {
             print!("{}", cli::HELP);

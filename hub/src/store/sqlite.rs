@@ -101,8 +101,8 @@ impl SqliteConfig {
             max_records: None,
             max_bytes: None,
             synchronous: Synchronous::Normal,
-            queue: 1024,
-            queue_bytes: 8 << 20,
+            queue: 512,
+            queue_bytes: 4 << 20,
             checkpoint_interval: Duration::from_millis(500),
             batch: 1024,
             cache_records: 4096,
@@ -635,8 +635,10 @@ pub struct SqliteStore {
 /// Copies the WAL into the main file every `interval` without blocking the writer
 /// (PASSIVE), and forces a WAL restart (briefly holding the writer) if the WAL has grown
 /// past 64 MiB because the writer never paused.
-fn checkpointer(path: PathBuf, interval: Duration, stop: mpsc::Receiver<()>) {
-    let conn = match open_conn(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX) {
+fn checkpointer(path: PathBuf, interval: Duration, sync: Synchronous, stop: mpsc::Receiver<()>) {
+    let conn = match open_conn(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .and_then(|c| c.execute_batch(&format!("PRAGMA synchronous = {}", sync.pragma())).map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             error!("SQLite store: no checkpoint connection ({e}); the WAL will grow until shutdown");
@@ -699,8 +701,8 @@ impl SqliteStore {
         let writer = Writer::new(wconn, table.clone(), cfg.clone(), shared.clone(), dtx);
         let handle = std::thread::Builder::new().name("ippx-sqlite".into()).spawn(move || writer.run(rx))?;
         let (ctx, crx) = mpsc::channel();
-        let (cpath, every) = (cfg.path.clone(), cfg.checkpoint_interval);
-        let ckpt = std::thread::Builder::new().name("ippx-sqlite-ckpt".into()).spawn(move || checkpointer(cpath, every, crx))?;
+        let (cpath, every, sync) = (cfg.path.clone(), cfg.checkpoint_interval, cfg.synchronous);
+        let ckpt = std::thread::Builder::new().name("ippx-sqlite-ckpt".into()).spawn(move || checkpointer(cpath, every, sync, crx))?;
         Ok(SqliteStore {
             cfg,
             table,

@@ -104,11 +104,7 @@ fn main() -> anyhow::Result<()> {
     let counters = ippx_scheduler::Counters::default();
     let mut registry = ippx_telemetry::prometheus_client::registry::Registry::default();
     counters.register(&mut registry);
-    ippx_telemetry::prometheus_client::registry::Registry::sub_registry_with_prefix(&mut registry, "ippx").register(
-        "build",
-        "ippx build information",
-        ippx_telemetry::prometheus_client::metrics::info::Info::new(vec![("version", env!("CARGO_PKG_VERSION")), ("component", "scheduler")]),
-    );
+    ippx_telemetry::register_build_info(&mut registry, "scheduler");
     let sched = Scheduler::bind(&ctx, cfg, counters)?;
     let health = ippx_telemetry::Health::new();
     health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
