@@ -255,7 +255,8 @@ impl Hub {
             self.stats.missed_beats += beat.missed as u64;
             for h in beat.new_hearts {
                 let uuid = String::from_utf8_lossy(&h).into_owned();
-                if !self.complete_registration(&uuid, out) {
+                // A restored engine's heart is new to this monitor but its engine is known.
+                if !self.complete_registration(&uuid, out) && self.reg.by_uuid(&uuid).is_none() {
                     debug!(heart = %uuid, "new heart without a pending registration");
                 }
             }
