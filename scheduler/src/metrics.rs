@@ -1,32 +1,11 @@
 //! The scheduler's Prometheus metrics. Handles are cloned out of the families once, so
 //! the hot path only bumps atomics.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use ippx_telemetry::labels::{OutcomeLabel, QueueLabel, ReasonLabel, SocketLabel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SocketLabel {
-    pub socket: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct QueueLabel {
-    pub queue: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
-    pub queue: String,
-    pub outcome: String,
-}
 
 /// Every socket the scheduler reads, as a metric label.
 pub const SOCKETS: &[&str] = &["mux_in", "mux_out", "control_in", "control_out", "iopub", "task_in", "task_out", "broadcast_in", "broadcast_out", "notification", "query"];

@@ -37,9 +37,10 @@ pub fn swap_route<F: std::ops::Deref<Target = [u8]>>(frames: &mut [F]) -> Result
     Ok(())
 }
 
-/// IOPub messages pass through unchanged; we only check that they are messages at all.
-/// Topic-less ones (`iopub_welcome`) are legal.
-pub fn check_iopub<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<(), RelayError> {
+/// Checks that frames are a signed message at all (delimiter plus five frames), for
+/// relays that pass messages through unchanged: IOPub (where topic-less
+/// `iopub_welcome` is legal) and the `pure` task relay.
+pub fn check_message<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<(), RelayError> {
     let delim = find_delim(frames).ok_or(RelayError::NoDelimiter)?;
     let after = frames.len() - delim - 1;
     if after < 5 {
@@ -95,8 +96,8 @@ mod tests {
         short.truncate(5);
         assert_eq!(swap_route(&mut short), Err(RelayError::TooShort(2)));
         let empty: Vec<Vec<u8>> = vec![];
-        assert_eq!(check_iopub(&empty), Err(RelayError::NoDelimiter));
-        assert!(check_iopub(&msg(&[])).is_ok());
+        assert_eq!(check_message(&empty), Err(RelayError::NoDelimiter));
+        assert!(check_message(&msg(&[])).is_ok());
     }
 
     #[test]

@@ -420,7 +420,7 @@ impl Scheduler {
         for _ in 0..4096 {
             let Ok(Some(msgs)) = tp::try_recv(&s.iopub_sub) else { break };
             self.rx.iopub.inc();
-            if let Err(e) = relay::check_iopub(&msgs) {
+            if let Err(e) = relay::check_message(&msgs) {
                 let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
                 self.counters.drop(e.reason());
                 warn!(socket = "iopub", reason = e.reason(), topic = %String::from_utf8_lossy(&peer), "dropped message: {e}");
@@ -435,6 +435,17 @@ impl Scheduler {
         }
     }
 
+    /// A submission (from a client) or a reply (from an engine) for the task scheduler.
+    fn to_task_scheduler(&mut self, frames: Vec<Vec<u8>>, from_engine: bool) {
+        let Some(task) = self.task.as_mut() else { return };
+        let peer = frames.first().cloned().unwrap_or_default();
+        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
+        let r = if from_engine { task.engine_reply(frames, Instant::now(), &mut out) } else { task.submit(frames, Instant::now(), &mut out) };
+        if let Err(e) = r {
+            self.drop_msg("task", e.reason(), &peer, &e);
+        }
+    }
+
     fn drain_task_in(&mut self) {
         for _ in 0..4096 {
             // Notifications that arrived meanwhile must be seen before this submission.
@@ -442,18 +453,9 @@ impl Scheduler {
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_in) else { break };
             self.rx.task_in.inc();
             match self.cfg.task_mode {
-                TaskMode::Balanced(_) => {
-                    let frames = frames_of(msgs);
-                    let peer = frames.first().cloned().unwrap_or_default();
-                    if let Some(task) = self.task.as_mut() {
-                        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-                        if let Err(e) = task.submit(frames, Instant::now(), &mut out) {
-                            self.drop_msg("task", "malformed", &peer, &e);
-                        }
-                    }
-                }
+                TaskMode::Balanced(_) => self.to_task_scheduler(frames_of(msgs), false),
                 TaskMode::Pure => {
-                    if let Err(e) = relay::check_iopub(&msgs) {
+                    if let Err(e) = relay::check_message(&msgs) {
                         let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
                         self.drop_msg("task", e.reason(), &peer, &e);
                         continue;
@@ -475,18 +477,9 @@ impl Scheduler {
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_out) else { break };
             self.rx.task_out.inc();
             match self.cfg.task_mode {
-                TaskMode::Balanced(_) => {
-                    let frames = frames_of(msgs);
-                    let peer = frames.first().cloned().unwrap_or_default();
-                    if let Some(task) = self.task.as_mut() {
-                        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-                        if let Err(e) = task.engine_reply(frames, Instant::now(), &mut out) {
-                            self.drop_msg("task", "malformed", &peer, &e);
-                        }
-                    }
-                }
+                TaskMode::Balanced(_) => self.to_task_scheduler(frames_of(msgs), true),
                 TaskMode::Pure | TaskMode::None => {
-                    if let Err(e) = relay::check_iopub(&msgs) {
+                    if let Err(e) = relay::check_message(&msgs) {
                         self.drop_msg("task", e.reason(), b"engine", &e);
                         continue;
                     }

@@ -6,6 +6,7 @@
 //! read-only afterwards, so it is shared without a lock.
 
 pub mod http;
+pub mod labels;
 pub mod logging;
 pub mod process;
 
