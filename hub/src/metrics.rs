@@ -78,8 +78,18 @@ pub struct HubMetrics {
     store_writes: Counter,
     store_durable: Counter,
     store_errors: Counter,
+    store_records: Gauge,
+    store_bytes: Gauge,
     /// Counts already exported, so that each sync adds only the difference.
     seen: BTreeMap<String, u64>,
+}
+
+/// Commit time of each SQLite write batch. A process-wide handle because the SQLite
+/// writer runs on its own thread, created deep inside the store; the metric is only
+/// ever observed there and registered once by [`HubMetrics::register`].
+pub fn sqlite_batch_seconds() -> &'static Histogram {
+    static H: std::sync::OnceLock<Histogram> = std::sync::OnceLock::new();
+    H.get_or_init(|| Histogram::new(exponential_buckets(20e-6, 2.0, 20)))
 }
 
 fn latency_buckets() -> Histogram {
@@ -113,6 +123,8 @@ impl HubMetrics {
             store_writes: Counter::default(),
             store_durable: Counter::default(),
             store_errors: Counter::default(),
+            store_records: Gauge::default(),
+            store_bytes: Gauge::default(),
             seen: BTreeMap::new(),
         }
     }
@@ -142,6 +154,9 @@ impl HubMetrics {
         r.register("store_writes", "Record writes handed to the store", self.store_writes.clone());
         r.register("store_durable_writes", "Record writes the store has made durable", self.store_durable.clone());
         r.register("store_errors", "Store failures", self.store_errors.clone());
+        r.register("store_records", "Task records held by the in-memory store", self.store_records.clone());
+        r.register_with_unit("store", "Bytes of buffers held by the in-memory store", Unit::Bytes, self.store_bytes.clone());
+        r.register_with_unit("sqlite_write_batch", "Commit time of SQLite write batches", Unit::Seconds, sqlite_batch_seconds().clone());
         for reason in REASONS {
             let _ = self.dropped.get_or_create(&ReasonLabel { reason: (*reason).into() });
         }
@@ -211,6 +226,12 @@ impl HubMetrics {
             ("errors", st.errors, self.store_errors.clone()),
         ] {
             self.add(format!("store/{key}"), n, &c);
+        }
+        if let Some(n) = st.records {
+            self.store_records.set(n as i64);
+        }
+        if let Some(b) = st.bytes {
+            self.store_bytes.set(b as i64);
         }
         self.engines_connected.set(hub.registry().len() as i64);
         self.pending.set(hub.pending_count() as i64);

@@ -189,7 +189,7 @@ impl Store for MemStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.stats.clone()
+        StoreStats { records: Some(self.records.len() as u64), bytes: Some(self.bytes as u64), ..self.stats.clone() }
     }
 }
 

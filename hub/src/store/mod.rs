@@ -81,6 +81,10 @@ pub struct StoreStats {
     pub durable: u64,
     /// Backend failures logged.
     pub errors: u64,
+    /// Records held and bytes of buffers in them, where the backend knows them cheaply
+    /// (the memory store; SQLite would need a query per scrape).
+    pub records: Option<u64>,
+    pub bytes: Option<u64>,
 }
 
 /// A TaskRecord store. All reads see all earlier writes (read-your-writes), whatever

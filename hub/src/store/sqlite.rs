@@ -466,6 +466,7 @@ impl Writer {
                 paused = self.shared.resume.wait(paused).unwrap_or_else(|p| p.into_inner());
             }
         }
+        let started = Instant::now();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
@@ -502,6 +503,7 @@ impl Writer {
                 syncs.push(s);
             }
         }
+        crate::metrics::sqlite_batch_seconds().observe(started.elapsed().as_secs_f64());
         if let Err(e) = result {
             self.shared.errors.fetch_add(1, Ordering::Relaxed);
             error!("SQLite store: a batch of writes failed and is lost: {e}");
@@ -998,6 +1000,8 @@ impl Store for SqliteStore {
             writes: self.next_wseq - 1,
             durable: self.shared.committed.load(Ordering::Acquire),
             errors: self.shared.errors.load(Ordering::Relaxed),
+            records: None,
+            bytes: None,
         }
     }
 }
