@@ -287,9 +287,8 @@ impl Scheduler {
                     self.drain_broadcast(Some(i));
                 }
             }
-            if let Some(task) = self.task.as_mut() {
-                let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-                task.tick(Instant::now(), &mut out);
+            self.task_call(|task, out| task.tick(Instant::now(), out));
+            if let Some(task) = self.task.as_ref() {
                 let stats = task.stats();
                 self.counters.sync_task(&stats);
             }
@@ -328,19 +327,12 @@ impl Scheduler {
                         let mut bout = BOut { socks: &self.socks, counters: &mut self.counters };
                         self.broadcast.remove_engine(&n.uuid, &mut bout);
                     }
-                    if let Some(task) = self.task.as_mut() {
-                        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-                        if header.msg_type == "registration_notification" {
-                            task.add_engine(&n.uuid, now, &mut out);
-                        } else {
-                            // Replies already received from that engine are handled first (spec 5.3.7).
-                            drop(out);
-                            self.drain_task_out();
-                            let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-                            if let Some(task) = self.task.as_mut() {
-                                task.remove_engine(&n.uuid, now, &mut out);
-                            }
-                        }
+                    if header.msg_type == "registration_notification" {
+                        self.task_call(|task, out| task.add_engine(&n.uuid, now, out));
+                    } else {
+                        // Replies already received from that engine are handled first (spec 5.3.7).
+                        self.drain_task_out();
+                        self.task_call(|task, out| task.remove_engine(&n.uuid, now, out));
                     }
                 }
                 "shutdown_notification" => info!("hub announced shutdown"),
@@ -371,14 +363,10 @@ impl Scheduler {
                 }
             };
             info!(engines = content.engines.len(), "engines known to the hub at start");
-            if let Some(task) = self.task.as_mut() {
-                let mut ids: Vec<(u64, String)> =
-                    content.engines.into_iter().filter_map(|(k, v)| k.parse().ok().map(|k| (k, v))).collect();
-                ids.sort();
-                let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-                for (_, uuid) in ids {
-                    task.add_engine(&uuid, Instant::now(), &mut out);
-                }
+            let mut ids: Vec<(u64, String)> = content.engines.into_iter().filter_map(|(k, v)| k.parse().ok().map(|k| (k, v))).collect();
+            ids.sort();
+            for (_, uuid) in ids {
+                self.task_call(|task, out| task.add_engine(&uuid, Instant::now(), out));
             }
         }
     }
@@ -435,13 +423,30 @@ impl Scheduler {
         }
     }
 
+    /// Runs one task-scheduler input against the real sockets. An engine the task socket
+    /// cannot reach (its connection is gone though the hub has not noticed yet) is removed
+    /// from the scheduler at once: the task sent to it then gets its EngineError through
+    /// the stranded-task path, instead of waiting forever.
+    fn task_call<R>(&mut self, f: impl FnOnce(&mut TaskScheduler, &mut Out<'_>) -> R) -> Option<R> {
+        let task = self.task.as_mut()?;
+        let mut out = Out { socks: &self.socks, counters: &mut self.counters, unreachable: Vec::new() };
+        let r = f(task, &mut out);
+        let mut gone = std::mem::take(&mut out.unreachable);
+        while let Some(uuid) = gone.pop() {
+            warn!(engine = %uuid, "engine unreachable on the task socket; no more tasks go to it");
+            let mut out = Out { socks: &self.socks, counters: &mut self.counters, unreachable: Vec::new() };
+            task.remove_engine(&uuid, Instant::now(), &mut out);
+            gone.extend(out.unreachable);
+        }
+        Some(r)
+    }
+
     /// A submission (from a client) or a reply (from an engine) for the task scheduler.
     fn to_task_scheduler(&mut self, frames: Vec<Vec<u8>>, from_engine: bool) {
-        let Some(task) = self.task.as_mut() else { return };
         let peer = frames.first().cloned().unwrap_or_default();
-        let mut out = Out { socks: &self.socks, counters: &mut self.counters };
-        let r = if from_engine { task.engine_reply(frames, Instant::now(), &mut out) } else { task.submit(frames, Instant::now(), &mut out) };
-        if let Err(e) = r {
+        let now = Instant::now();
+        let r = self.task_call(|task, out| if from_engine { task.engine_reply(frames, now, out) } else { task.submit(frames, now, out) });
+        if let Some(Err(e)) = r {
             self.drop_msg("task", e.reason(), &peer, &e);
         }
     }
@@ -536,15 +541,19 @@ enum Direct {
 struct Out<'a> {
     socks: &'a Sockets,
     counters: &'a mut Counters,
+    /// Engines a send to failed; the caller removes them from the scheduler.
+    unreachable: Vec<String>,
 }
 
 impl TaskOutbox for Out<'_> {
     fn to_engine(&mut self, frames: Vec<Vec<u8>>) {
+        let uuid = frames.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
         if let Err(e) = tp::send(&self.socks.task_out, frames) {
-            // The engine left between the scheduler's decision and the send; the hub's
-            // unregistration will strand the task and produce its EngineError.
             self.counters.drop("unroutable");
-            warn!(socket = "task", "cannot route task to engine: {e}");
+            warn!(socket = "task", engine = %uuid, "cannot route task to engine: {e}");
+            if !self.unreachable.contains(&uuid) {
+                self.unreachable.push(uuid);
+            }
         }
     }
     fn to_client(&mut self, frames: Vec<Vec<u8>>) {
