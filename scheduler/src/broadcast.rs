@@ -47,6 +47,8 @@ struct Target {
 
 struct Reply {
     seq: u64,
+    /// Made up here for an engine that died or could not be reached.
+    engine_failed: bool,
     header: Vec<u8>,
     parent: Vec<u8>,
     metadata: Value,
@@ -193,6 +195,7 @@ impl BroadcastScheduler {
         let buffers = frames.split_off(delim + 6);
         let reply = Reply {
             seq: self.seq,
+            engine_failed: false,
             header: std::mem::take(&mut frames[delim + 2]),
             parent: std::mem::take(&mut frames[delim + 3]),
             metadata: md,
@@ -245,12 +248,21 @@ impl BroadcastScheduler {
         let (Ok(h), Ok(c)) = (self.session.pack(&header), self.session.pack(&content)) else { return };
         let parent = if parent.is_empty() { self.session.pack(&Value::map()).unwrap_or_default() } else { parent };
         self.seq += 1;
-        let reply = Reply { seq: self.seq, header: h, parent, metadata: md, content: c, buffers: Vec::new() };
+        let reply = Reply { seq: self.seq, engine_failed: true, header: h, parent, metadata: md, content: c, buffers: Vec::new() };
         self.record(original, uuid.to_owned(), reply, out);
     }
 
     fn finish(&mut self, original: &str, mut p: Pending, out: &mut impl BroadcastOutbox) {
-        let last = p.replies.values().max_by_key(|r| r.seq).map(|r| r.seq);
+        // The coalesced reply is the last one received, as Python's tree does, except
+        // that a dead engine's error always wins: an engine's reply that happens to
+        // arrive after the death must not turn the broadcast into a success.
+        let last = p
+            .replies
+            .values()
+            .filter(|r| r.engine_failed)
+            .max_by_key(|r| r.seq)
+            .or_else(|| p.replies.values().max_by_key(|r| r.seq))
+            .map(|r| r.seq);
         let pairs = Value::Array(p.targets.iter().map(|t| Value::Array(vec![t.uuid.as_str().into(), Value::from(t.eid)])).collect());
         let mut buffers = Vec::new();
         let mut chosen = None;
@@ -459,8 +471,10 @@ mod tests {
         let (_, req) = request(&mut client, &[("e0", 0), ("e1", 1)], true);
         b.submit(req, &mut out).expect("submit");
         let r0 = engine_reply(&mut engine, &out.engine[0].1, b"zero");
-        b.engine_reply(0, r0, &mut out).expect("r0");
+        // e1 dies before e0 answers: the error must still be the coalesced result.
         b.remove_engine("e1", &mut out);
+        assert!(out.client.is_empty());
+        b.engine_reply(0, r0, &mut out).expect("r0");
         let reply = out.client.pop().expect("completed");
         let env = Envelope::parse(reply).map_err(|e| e.0).expect("env");
         let s = session();
