@@ -97,19 +97,15 @@ pub fn answer(
         _ => return Ok(false),
     };
     let parent = Parent::Raw(env.header_bytes());
-    if let Some((pub_sock, topic)) = iopub {
-        let (_, f) = session.serialize(
-            vec![topic.to_vec()],
-            "status",
-            parent,
-            &EngineMeta { engine: uuid },
-            &ExecState {
-                execution_state: "busy",
-            },
-            vec![],
-        )?;
-        let _ = tp::send(pub_sock, f);
-    }
+    // As a kernel does: status busy, the reply, status idle.
+    let publish_status = |session: &mut Session, execution_state: &str| -> Result<()> {
+        if let Some((pub_sock, topic)) = iopub {
+            let (_, f) = session.serialize(vec![topic.to_vec()], "status", parent, &EngineMeta { engine: uuid }, &ExecState { execution_state }, vec![])?;
+            let _ = tp::send(pub_sock, f);
+        }
+        Ok(())
+    };
+    publish_status(session, "busy")?;
     let started = datetime::format_iso(&datetime::now());
     let meta = ReplyMeta {
         started: &started,
@@ -131,19 +127,7 @@ pub fn answer(
         vec![RESULT_BUFFER.to_vec()],
     )?;
     tp::send(shell, f)?;
-    if let Some((pub_sock, topic)) = iopub {
-        let (_, f) = session.serialize(
-            vec![topic.to_vec()],
-            "status",
-            parent,
-            &EngineMeta { engine: uuid },
-            &ExecState {
-                execution_state: "idle",
-            },
-            vec![],
-        )?;
-        let _ = tp::send(pub_sock, f);
-    }
+    publish_status(session, "idle")?;
     Ok(true)
 }
 

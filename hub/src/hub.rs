@@ -908,15 +908,17 @@ impl Hub {
         self.save_request(rec);
     }
 
-    fn result_update(&self, msg: &MonitorMsg<'_>) -> Result<(Value, Value, Value), String> {
-        Ok((self.unpack(msg.header)?, self.unpack(msg.metadata)?, self.unpack(msg.content)?))
+    /// `md` is the reply's metadata, already unpacked by the caller (which reads its
+    /// status), so it is not unpacked twice per reply.
+    fn result_update(&self, msg: &MonitorMsg<'_>, md: Result<Value, String>) -> Result<(Value, Value, Value), String> {
+        Ok((self.unpack(msg.header)?, md?, self.unpack(msg.content)?))
     }
 
-    fn store_result(&mut self, msg_id: &str, msg: &MonitorMsg<'_>, engine: Option<String>) {
+    fn store_result(&mut self, msg_id: &str, msg: &MonitorMsg<'_>, engine: Option<String>, md: Result<Value, String>) {
         if !self.store.keeps_records() {
             return;
         }
-        let (rh, rm, rc) = match self.result_update(msg) {
+        let (rh, rm, rc) = match self.result_update(msg, md) {
             Ok(v) => v,
             Err(e) => {
                 self.drop_msg("malformed");
@@ -958,20 +960,21 @@ impl Hub {
             return;
         };
         let parent = msg.parent_id.clone();
+        let md = self.unpack::<Value>(msg.metadata);
         if self.pending.remove(&parent) {
             self.completed.insert(parent.clone());
             let q = self.queues.entry(eid).or_default();
             q.queue.shift_remove(&parent);
             q.completed.push(parent.clone());
-            let md: Value = self.unpack(msg.metadata).unwrap_or_default();
+            let m = md.as_ref().unwrap_or(&Value::Nil);
             let seen = self.seen.remove(&parent);
-            self.stats.finished("mux", outcome(md.get("status").as_str().unwrap_or("")), seen, now, run_seconds(&md, &msg.h.date));
+            self.stats.finished("mux", outcome(m.get("status").as_str().unwrap_or("")), seen, now, run_seconds(m, &msg.h.date));
         } else if !self.completed.contains(&parent) {
             debug!(msg_id = %parent, "reply to an unknown direct request");
             return;
         }
         debug!(msg_id = %parent, engine = %eid, "mux reply");
-        self.store_result(&parent, &msg, None);
+        self.store_result(&parent, &msg, None, md);
     }
 
     fn task_request(&mut self, msg: MonitorMsg<'_>, now: Instant) {
@@ -1015,9 +1018,10 @@ impl Hub {
 
     fn task_reply(&mut self, msg: MonitorMsg<'_>, now: Instant) {
         let parent = msg.parent_id.clone();
-        let md: Value = self.unpack(msg.metadata).unwrap_or_default();
-        let engine = md.get("engine").as_str().unwrap_or("").to_owned();
-        let status = md.get("status").as_str().unwrap_or("");
+        let md = self.unpack::<Value>(msg.metadata);
+        let m = md.as_ref().unwrap_or(&Value::Nil);
+        let engine = m.get("engine").as_str().unwrap_or("").to_owned();
+        let status = outcome(m.get("status").as_str().unwrap_or(""));
         self.unassigned.shift_remove(&parent);
         if !self.pending.remove(&parent) {
             debug!(msg_id = %parent, "reply to an unknown task");
@@ -1025,7 +1029,7 @@ impl Hub {
         }
         self.completed.insert(parent.clone());
         let seen = self.seen.remove(&parent);
-        self.stats.finished("task", outcome(status), seen, now, run_seconds(&md, &msg.h.date));
+        self.stats.finished("task", status, seen, now, run_seconds(m, &msg.h.date));
         if let Some(eid) = self.task_owner.remove(&parent) {
             let q = self.queues.entry(eid).or_default();
             q.tasks.shift_remove(&parent);
@@ -1034,7 +1038,7 @@ impl Hub {
             }
         }
         debug!(msg_id = %parent, status, "task finished");
-        self.store_result(&parent, &msg, Some(engine));
+        self.store_result(&parent, &msg, Some(engine), md);
     }
 
     fn iopub(&mut self, msg: MonitorMsg<'_>, now: Instant, out: &mut impl Outbox) {
