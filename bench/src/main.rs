@@ -231,6 +231,9 @@ impl Ctx {
     }
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     let hidden = args.no_progress || args.json_only;

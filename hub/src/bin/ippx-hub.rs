@@ -9,6 +9,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let vars: Vec<(String, String)> = std::env::vars().collect();

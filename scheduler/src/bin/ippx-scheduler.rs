@@ -67,6 +67,9 @@ struct Args {
     lifeline: bool,
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ippx_telemetry::logging::init(&args.log_level, args.log_format);
