@@ -14,6 +14,35 @@ pub enum DbBackend {
     None,
 }
 
+/// Where the scheduler runs. A thread keeps the monitor copies (three per load-balanced
+/// task) in memory instead of sending them to the hub over TCP, which halves the
+/// controller's CPU per task; a process isolates a scheduler crash from the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerMode {
+    Thread,
+    Process,
+}
+
+impl std::str::FromStr for SchedulerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "thread" => Ok(SchedulerMode::Thread),
+            "process" => Ok(SchedulerMode::Process),
+            _ => Err(format!("{s:?} is not thread or process")),
+        }
+    }
+}
+
+impl std::fmt::Display for SchedulerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SchedulerMode::Thread => "thread",
+            SchedulerMode::Process => "process",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct HubConfig {
     pub profile: String,
@@ -65,6 +94,9 @@ pub struct HubConfig {
     pub sqlite_synchronous: crate::store::sqlite::Synchronous,
     /// Do not start `ippx-scheduler`; it runs separately (needs fixed ports).
     pub no_scheduler: bool,
+    /// `--scheduler-mode=thread|process`: run the scheduler on a thread of this process
+    /// (default) or as an `ippx-scheduler` child process.
+    pub scheduler_mode: SchedulerMode,
     /// `--metrics-addr`: serve /metrics, /healthz, /readyz here (off unless set).
     pub metrics_addr: Option<String>,
     /// `--scheduler-metrics-addr`: the scheduler's own /metrics (default: the hub's
@@ -122,6 +154,7 @@ impl Default for HubConfig {
             sqlite_max_bytes: 1 << 30,
             sqlite_synchronous: crate::store::sqlite::Synchronous::Normal,
             no_scheduler: false,
+            scheduler_mode: SchedulerMode::Thread,
             metrics_addr: None,
             scheduler_metrics_addr: None,
             log_format: "text".into(),
@@ -356,6 +389,11 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
             cfg.scheduler_metrics_addr = Some(parse_addr(name, &take_value(&mut i)?)?);
             continue;
         }
+        if name == "scheduler-mode" {
+            let v = take_value(&mut i)?;
+            cfg.scheduler_mode = v.parse().map_err(|e| CliError(format!("--scheduler-mode: {e}")))?;
+            continue;
+        }
         if name == "log-format" {
             let v = take_value(&mut i)?;
             v.parse::<ippx_telemetry::logging::LogFormat>().map_err(|e| CliError(format!("--log-format: {e}")))?;
@@ -519,7 +557,9 @@ Usage: ippx-hub [options]
   --Session.key=KEY, --keyfile=PATH, --no-secure
   --Class.trait=VALUE     any ipcontroller trait; unknown ones are ignored with a warning
   --no-scheduler          do not start ippx-scheduler (run it yourself; needs --ports)
-  --scheduler-cmd=PATH    ippx-scheduler binary (default: next to ippx-hub)
+  --scheduler-mode=thread|process   run the scheduler on a thread of ippx-hub (default:
+                          monitor copies stay in memory) or as an ippx-scheduler child
+  --scheduler-cmd=PATH    ippx-scheduler binary for process mode (default: next to ippx-hub)
   --metrics-addr=H:P      serve Prometheus /metrics, /healthz, /readyz (off unless set)
   --scheduler-metrics-addr=H:P   the scheduler's /metrics (default: metrics port + 1)
   --log-format=text|json  log lines as text (default) or JSON

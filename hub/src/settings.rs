@@ -53,6 +53,7 @@ pub struct ControllerSection {
     pub broadcast_depth: Option<u32>,
     pub registration_timeout: Option<f64>,
     pub no_scheduler: Option<bool>,
+    pub scheduler_mode: Option<String>,
 }
 
 /// `"21000-21017"`, `"21000,21001"` or `[21000, 21001]`.
@@ -162,6 +163,9 @@ impl FileLayer {
             cfg.registration_timeout = c.registration_timeout;
         }
         set(&mut cfg.no_scheduler, c.no_scheduler);
+        if let Some(m) = c.scheduler_mode {
+            cfg.scheduler_mode = m.parse().map_err(|e| err("controller.scheduler_mode", e))?;
+        }
 
         set(&mut cfg.ping_ms, self.heartbeat.period_ms);
         if cfg.ping_ms == 0 {
@@ -275,6 +279,7 @@ pub fn flatten(c: &HubConfig) -> BTreeMap<&'static str, String> {
     m.insert("controller.broadcast_depth", c.broadcast_depth.to_string());
     m.insert("controller.registration_timeout", c.registration_timeout.map(|t| t.to_string()).unwrap_or_default());
     m.insert("controller.no_scheduler", c.no_scheduler.to_string());
+    m.insert("controller.scheduler_mode", c.scheduler_mode.to_string());
     m.insert("controller.reuse", c.reuse.to_string());
     m.insert("controller.restore", c.restore.to_string());
     m.insert("heartbeat.period_ms", c.ping_ms.to_string());
@@ -381,6 +386,20 @@ mod tests {
         std::fs::write(dir.path().join("ippx.toml"), toml).expect("write");
         let vars = vec![("IPP_PROFILE_DIR".to_owned(), dir.path().display().to_string())];
         (dir, vars)
+    }
+
+    #[test]
+    fn scheduler_mode_defaults_to_thread_and_layers() {
+        use crate::cli::SchedulerMode;
+        let (_d, mut vars) = profile_with("[controller]\nscheduler_mode = \"process\"\n");
+        assert_eq!(load(&[], &[]).expect("load").cfg.scheduler_mode, SchedulerMode::Thread);
+        assert_eq!(load(&[], &vars).expect("load").cfg.scheduler_mode, SchedulerMode::Process);
+        vars.push(("IPPX_CONTROLLER__SCHEDULER_MODE".into(), "thread".into()));
+        assert_eq!(load(&[], &vars).expect("load").cfg.scheduler_mode, SchedulerMode::Thread);
+        let l = load(&args(&["--scheduler-mode=process"]), &vars).expect("load");
+        assert_eq!(l.cfg.scheduler_mode, SchedulerMode::Process);
+        let e = load(&args(&["--scheduler-mode=fork"]), &[]).expect_err("bad mode");
+        assert!(e.to_string().contains("scheduler-mode"), "{e}");
     }
 
     #[test]

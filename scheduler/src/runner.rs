@@ -444,6 +444,22 @@ impl Scheduler {
     /// A submission (from a client) or a reply (from an engine) for the task scheduler.
     fn to_task_scheduler(&mut self, frames: Vec<Vec<u8>>, from_engine: bool) {
         let peer = frames.first().cloned().unwrap_or_default();
+        // As Python's scheduler does (Session.deserialize), submissions and replies are
+        // verified, with the replay check, before anything is scheduled: a forged task must
+        // not take an engine's hwm slot, nor a forged reply complete a task.
+        let frames = match ippx_protocol::Envelope::parse(frames) {
+            Ok(env) => match self.session.check(&env, true) {
+                Ok(()) => env.into_frames(),
+                Err(e) => {
+                    self.drop_msg("task", e.reason(), &peer, &e);
+                    return;
+                }
+            },
+            Err((e, _)) => {
+                self.drop_msg("task", "malformed", &peer, &e);
+                return;
+            }
+        };
         let now = Instant::now();
         let r = self.task_call(|task, out| if from_engine { task.engine_reply(frames, now, out) } else { task.submit(frames, now, out) });
         if let Some(Err(e)) = r {

@@ -57,6 +57,11 @@ pub fn bind(sock: &Socket, transport: &str, ip: &str, port: u16) -> Result<u16> 
         .ok_or(TransportError::Endpoint(ep.clone()))
 }
 
+/// Binds a full endpoint such as `inproc://name`.
+pub fn bind_endpoint(sock: &Socket, addr: &str) -> Result<()> {
+    sock.bind(addr).map_err(ctx_err("bind", addr))
+}
+
 pub fn connect(sock: &Socket, addr: &str) -> Result<()> {
     sock.connect(addr).map_err(ctx_err("connect", addr))
 }

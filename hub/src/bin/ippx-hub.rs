@@ -59,6 +59,17 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
         None => None,
     };
     let mut ctl = Controller::bind(cfg)?;
+    // A scheduler on a thread of ours serves its metrics where a child would have.
+    let scheduler_metrics = match (ctl.scheduler_registry.take(), ippx_hub::cli::scheduler_metrics_addr(cfg)) {
+        (Some(registry), Some(a)) => match std::net::TcpListener::bind(&a) {
+            Ok(l) => Some((l, registry)),
+            Err(e) => {
+                ctl.stop_scheduler();
+                anyhow::bail!("binding the scheduler's metrics address {a}: {e}");
+            }
+        },
+        _ => None,
+    };
     if let Err(e) = ctl.write_connection_files() {
         ctl.stop_scheduler();
         return Err(e);
@@ -85,6 +96,18 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
                 }
             });
         }
+        if let Some((l, registry)) = scheduler_metrics {
+            l.set_nonblocking(true)?;
+            let l = tokio::net::TcpListener::from_std(l)?;
+            info!(addr = %l.local_addr()?, "serving the scheduler's /metrics, /healthz, /readyz");
+            let health = ippx_telemetry::Health::new();
+            health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
+                    error!("scheduler metrics server failed: {e}");
+                }
+            });
+        }
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -104,7 +127,7 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
                     }
                     if !ctl.scheduler_alive() {
                         health.children_ok.store(false, std::sync::atomic::Ordering::Relaxed);
-                        anyhow::bail!("ippx-scheduler died; stopping the controller");
+                        anyhow::bail!("the scheduler died; stopping the controller");
                     }
                 }
             }
