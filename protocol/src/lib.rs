@@ -6,6 +6,7 @@ pub mod connection;
 pub mod content;
 pub mod datetime;
 pub mod header;
+pub mod idset;
 pub mod ids;
 pub mod packer;
 pub mod session;
