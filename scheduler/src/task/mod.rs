@@ -20,7 +20,15 @@
 //!   instead of being dropped silently; a reply without `status` counts as an error
 //!   (Python raises and drops it, leaving the task pending forever);
 //! * the `outtask` copy of a final reply goes out before the dispatches it unblocks
-//!   (Python publishes it after updating the graph); the hub does not care.
+//!   (Python publishes it after updating the graph); the hub does not care;
+//! * which engine ran a finished task is remembered for the most recently finished or
+//!   followed ~8–16k tasks only (`ids.rs`; whether it finished and whether it failed are
+//!   remembered exactly, for every task): a `follow` on a task whose engine is forgotten
+//!   fails with `ImpossibleDependency` instead of being routed. Python keeps every msg_id
+//!   forever, which is unbounded memory.
+//!
+//! Memory: live tasks only, plus the compact `History` of finished ones (a few bytes per
+//! 65,536 tasks for Session-shaped msg_ids that all finished; see `ids.rs`).
 //!
 //! Cost per task: a few hash lookups, O(engines) to pick an engine, O(log queue) for
 //! queued jobs; a full rescan walks only jobs whose `after` is already met and stops when
@@ -37,7 +45,7 @@ mod tests;
 
 pub use scheme::{Scheme, UnknownScheme};
 
-use dependency::Dep;
+use dependency::{Dep, Found};
 use ippx_protocol::content::ErrorContent;
 use ippx_protocol::wire::{find_delim, DELIM};
 use ippx_protocol::{Parent, Session, Value};
@@ -135,32 +143,21 @@ impl TaskError {
     }
 }
 
-/// Index of a task in the task table, in submission order.
+/// Index of a live task in the task table. Slots are reused once a task finishes, so a
+/// key means nothing after its task is gone; dependencies and timers name tasks by their
+/// serial number instead.
 pub(crate) type TaskKey = u32;
 /// "No engine": scheduler-generated failures did not run anywhere.
 pub(crate) const NO_ENGINE: u32 = u32::MAX;
 
-/// One entry per msg_id ever submitted (Python's `all_ids` / `all_completed` / `all_failed`
-/// / `destinations`, in one table).
+/// One entry per live task. Finished tasks leave the table (their outcome goes to
+/// `History`), so the table is as large as the most tasks ever live at once.
 pub(crate) enum Slot {
     Live(Box<Job>),
     /// Live job temporarily taken out while it is being handled.
     Taken,
-    /// `engine` is the engine incarnation it ran on, or `NO_ENGINE`.
-    Done {
-        ok: bool,
-        engine: u32,
-    },
-}
-
-impl Slot {
-    #[inline]
-    pub(crate) fn done(&self) -> Option<(bool, u32)> {
-        match *self {
-            Slot::Done { ok, engine } => Some((ok, engine)),
-            _ => None,
-        }
-    }
+    /// Unused; on the free list.
+    Free,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +172,8 @@ enum Loc {
 
 pub(crate) struct Job {
     msg_id: String,
+    /// Submission number, never reused: the task's identity in dependencies and timers.
+    serial: u64,
     /// As received from the client: `[client_id.., DELIM, sig, h, p, m, c, bufs...]`.
     frames: Frames,
     delim: usize,
@@ -217,7 +216,7 @@ struct Lane {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
-    Timeout { task: TaskKey, arm: u32 },
+    Timeout { task: TaskKey, serial: u64, arm: u32 },
     Stranded { inc: u32 },
 }
 
@@ -297,18 +296,28 @@ pub struct TaskScheduler {
     /// Alive engines with load == hwm − 1 (hwm > 0 only): Python's full-rescan trigger.
     n_edge: usize,
 
-    ids: ids::IdIndex,
+    /// msg_id → key of every live (submitted, unfinished) task.
+    live: HashMap<Box<str>, TaskKey>,
+    /// Outcomes of finished tasks (compact; see `ids.rs`).
+    history: ids::History,
     tasks: Vec<Slot>,
+    /// Free slots of `tasks`.
+    free: Vec<TaskKey>,
+    /// Serial number of the next submission.
+    serial: u64,
     /// Queued jobs whose `after` is met, in queue (arrival) order.
     ready: BTreeMap<u64, TaskKey>,
     qseq: u64,
     assign_seq: u64,
-    /// dep msg → jobs that registered on it while it was unfinished (lazily cleaned).
-    graph: HashMap<TaskKey, Vec<TaskKey>>,
+    /// Serial of an unfinished task → jobs whose dependencies name it. Entries go when
+    /// that task finishes; a listed job may be gone by then (its slot even reused), which
+    /// is harmless: only a job that still waits on that serial is touched.
+    graph: HashMap<u64, Vec<TaskKey>>,
     timers: BinaryHeap<Reverse<Timer>>,
     timer_seq: u64,
-    /// Tasks that just finished, whose dependents still have to be re-evaluated.
-    finished: VecDeque<TaskKey>,
+    /// Tasks that just finished (serial, ok, engine), whose dependents still have to
+    /// learn the outcome and be re-evaluated.
+    finished: VecDeque<(u64, bool, u32)>,
     /// A full rescan of the ready queue is due.
     rescan: bool,
     scratch: Vec<u32>,
@@ -334,8 +343,11 @@ impl TaskScheduler {
             name_alive: Vec::new(),
             n_avail: 0,
             n_edge: 0,
-            ids: ids::IdIndex::default(),
+            live: HashMap::new(),
+            history: ids::History::default(),
             tasks: Vec::new(),
+            free: Vec::new(),
+            serial: 0,
             ready: BTreeMap::new(),
             qseq: 0,
             assign_seq: 0,
@@ -477,15 +489,23 @@ impl TaskScheduler {
         let delim = split(&frames, 1)?;
         let header: HeaderId = self.unpack("header", &frames[delim + 2])?;
         let md: RequestMeta = self.unpack("metadata", &frames[delim + 4])?;
-        let Some(tk) = self.ids.insert(&header.msg_id) else {
+        if self.live.contains_key(header.msg_id.as_str()) || self.history.contains(&header.msg_id) {
             return Err(TaskError::DuplicateMsgId(header.msg_id));
-        };
+        }
         out.to_hub("intask", frames.clone());
-        self.tasks.push(Slot::Taken);
-        debug_assert_eq!(
-            (tk as usize + 1, self.ids.len()),
-            (self.tasks.len(), self.tasks.len())
-        );
+        let tk = match self.free.pop() {
+            Some(k) => {
+                self.tasks[k as usize] = Slot::Taken;
+                k
+            }
+            None => {
+                self.tasks.push(Slot::Taken);
+                (self.tasks.len() - 1) as TaskKey
+            }
+        };
+        let serial = self.serial;
+        self.serial += 1;
+        self.live.insert(header.msg_id.as_str().into(), tk);
         self.stats.submitted += 1;
 
         let mut targets: Vec<u32> = Vec::new();
@@ -506,21 +526,43 @@ impl TaskScheduler {
             targets.dedup();
         }
 
-        let ids = &self.ids;
-        let resolve = |s: &str| ids.get(s);
+        let (live, tasks, history) = (&self.live, &self.tasks, &mut self.history);
+        let mut resolve = |s: &str| match live.get(s) {
+            // Our own id (its slot is still Taken): a self-dependency, invalid below.
+            Some(&k) if k == tk => Found::Live(serial),
+            Some(&k) => match &tasks[k as usize] {
+                Slot::Live(j) => Found::Live(j.serial),
+                _ => Found::Unknown, // cannot happen: live keys are live jobs at rest
+            },
+            None => match history.outcome(s) {
+                Some((ok, engine)) => Found::Done(ok, engine),
+                None => Found::Unknown,
+            },
+        };
         let mut after = if md.after.truthy() {
-            Dep::from_value(&md.after, resolve)
+            Dep::from_value(&md.after, false, &mut resolve)
         } else {
             Dep::default()
         };
-        let follow = Dep::from_value(&md.follow, resolve);
-        after.reduce_satisfied(&self.tasks);
-        if after.check(&self.tasks) {
+        let follow = Dep::from_value(&md.follow, true, &mut resolve);
+        after.reduce_satisfied();
+        if after.check() {
             after = Dep::default();
+        }
+        // Register on every unfinished task named, whatever happens to this job next:
+        // it must learn their outcomes even while it runs (a retry checks them again).
+        for s in after.waiting_on().chain(follow.waiting_on()) {
+            if s != serial {
+                let deps = self.graph.entry(s).or_default();
+                if deps.last() != Some(&tk) {
+                    deps.push(tk);
+                }
+            }
         }
 
         let mut job = Box::new(Job {
             msg_id: header.msg_id,
+            serial,
             frames,
             delim,
             targets,
@@ -539,9 +581,9 @@ impl TaskScheduler {
             if dep.is_empty() {
                 continue;
             }
-            if dep.is_invalid(tk) {
+            if dep.is_invalid(serial) {
                 why = Some("InvalidDependency");
-            } else if dep.unreachable(&self.tasks) {
+            } else if dep.unreachable() {
                 why = Some("ImpossibleDependency");
             }
             if why.is_some() {
@@ -594,24 +636,17 @@ impl TaskScheduler {
         debug_assert_eq!(job.loc, Loc::Detached);
         self.qseq += 1;
         let qseq = self.qseq;
-        let ready = job.after.check(&self.tasks);
+        let ready = job.after.check();
         if ready {
             self.ready.insert(qseq, tk);
         }
         job.loc = Loc::Queued { qseq, ready };
         self.stats.queued += 1;
-        for dep in [&job.after, &job.follow] {
-            for &d in &dep.ids {
-                if self.tasks[d as usize].done().is_none() {
-                    self.graph.entry(d).or_default().push(tk);
-                }
-            }
-        }
         if let Some(t) = job.timeout {
             job.arm = job.arm.wrapping_add(1);
             if let Some(at) = now.checked_add(t) {
-                let arm = job.arm;
-                self.push_timer(at, TimerKind::Timeout { task: tk, arm });
+                let (arm, serial) = (job.arm, job.serial);
+                self.push_timer(at, TimerKind::Timeout { task: tk, serial, arm });
             }
         }
         self.put(tk, job);
@@ -696,7 +731,7 @@ impl TaskScheduler {
                 if !job.targets.is_empty() && job.targets.binary_search(&l.name).is_err() {
                     continue;
                 }
-                if !job.follow.check_on(&self.tasks, l.inc) {
+                if !job.follow.check_on(l.inc) {
                     continue;
                 }
                 cands.push(i as u32);
@@ -723,7 +758,7 @@ impl TaskScheduler {
         if job.follow.all && !job.follow.is_empty() {
             let mut first: Option<u32> = None;
             let mut many = false;
-            job.follow.destinations(&self.tasks, |inc| {
+            job.follow.destinations(|inc| {
                 let name = self.engines[inc as usize].name;
                 match first {
                     None => first = Some(name),
@@ -815,17 +850,22 @@ impl TaskScheduler {
             Err(e) => tracing::warn!(msg_id = %job.msg_id, "cannot build {ename} reply: {e}"),
         }
         tracing::debug!(msg_id = %job.msg_id, ename, "task failed in the scheduler");
-        self.finish(tk, false, NO_ENGINE);
+        self.finish(tk, job, false, NO_ENGINE);
     }
 
-    fn finish(&mut self, tk: TaskKey, ok: bool, engine: u32) {
-        self.tasks[tk as usize] = Slot::Done { ok, engine };
+    /// The job is done for good: its outcome goes to the history, its slot is freed, and
+    /// its dependents learn the outcome in `settle`.
+    fn finish(&mut self, tk: TaskKey, job: Box<Job>, ok: bool, engine: u32) {
+        self.history.record(&job.msg_id, ok, engine);
+        self.live.remove(job.msg_id.as_str());
+        self.tasks[tk as usize] = Slot::Free;
+        self.free.push(tk);
         if ok {
             self.stats.completed += 1;
         } else {
             self.stats.failed += 1;
         }
-        self.finished.push_back(tk);
+        self.finished.push_back((job.serial, ok, engine));
     }
 
     // ------------------------------------------------------------------------------
@@ -843,7 +883,7 @@ impl TaskScheduler {
         let parent: ParentId = self.unpack("parent header", &frames[delim + 3])?;
         let md: ReplyMeta = self.unpack("metadata", &frames[delim + 4])?;
         let msg_id = parent.msg_id.unwrap_or_default();
-        let Some(tk) = self.ids.get(&msg_id) else {
+        let Some(&tk) = self.live.get(msg_id.as_str()) else {
             return Err(TaskError::UnknownTask(msg_id));
         };
         let inc = match &self.tasks[tk as usize] {
@@ -898,7 +938,7 @@ impl TaskScheduler {
                 out.to_client(frames.clone());
                 out.to_hub("outtask", frames);
             }
-            self.finish(tk, ok, inc);
+            self.finish(tk, job, ok, inc);
             return;
         }
         if deps_met {
@@ -1012,8 +1052,8 @@ impl TaskScheduler {
             }
             self.timers.pop();
             match t.kind {
-                TimerKind::Timeout { task, arm } => {
-                    let due = matches!(&self.tasks[task as usize], Slot::Live(j) if j.arm == arm && matches!(j.loc, Loc::Queued { .. }));
+                TimerKind::Timeout { task, serial, arm } => {
+                    let due = matches!(&self.tasks[task as usize], Slot::Live(j) if j.serial == serial && j.arm == arm && matches!(j.loc, Loc::Queued { .. }));
                     if due {
                         if let Some(job) = self.take(task) {
                             tracing::info!(msg_id = %job.msg_id, "task timed out waiting to be scheduled");
@@ -1036,7 +1076,7 @@ impl TaskScheduler {
     /// (an engine registered, or hwm > 0 and some engine has exactly one free slot).
     fn settle(&mut self, out: &mut impl TaskOutbox) {
         loop {
-            while let Some(done) = self.finished.pop_front() {
+            while let Some((done, ok, engine)) = self.finished.pop_front() {
                 if self.hwm > 0 && self.n_edge > 0 {
                     self.rescan = true;
                 }
@@ -1045,8 +1085,20 @@ impl TaskScheduler {
                 };
                 deps.sort_unstable();
                 deps.dedup();
-                for j in deps {
-                    self.reevaluate(j, out);
+                // Every job still waiting on `done` learns its outcome; the queued ones
+                // are re-evaluated in submission order.
+                let mut queued: Vec<(u64, TaskKey)> = Vec::new();
+                for k in deps {
+                    if let Slot::Live(j) = &mut self.tasks[k as usize] {
+                        let hit = j.after.resolve(done, ok, engine) | j.follow.resolve(done, ok, engine);
+                        if hit && matches!(j.loc, Loc::Queued { .. }) {
+                            queued.push((j.serial, k));
+                        }
+                    }
+                }
+                queued.sort_unstable();
+                for (_, k) in queued {
+                    self.reevaluate(k, out);
                 }
             }
             if !self.rescan {
@@ -1070,11 +1122,11 @@ impl TaskScheduler {
             return;
         };
         let Some(mut job) = self.take(tk) else { return };
-        if job.after.unreachable(&self.tasks) || job.follow.unreachable(&self.tasks) {
+        if job.after.unreachable() || job.follow.unreachable() {
             self.fail(tk, job, "ImpossibleDependency", out);
             return;
         }
-        if !job.after.check(&self.tasks) {
+        if !job.after.check() {
             self.put(tk, job);
             return;
         }
@@ -1111,7 +1163,7 @@ impl TaskScheduler {
                 self.ready.remove(&q);
                 continue;
             };
-            if job.follow.unreachable(&self.tasks) {
+            if job.follow.unreachable() {
                 self.fail(tk, job, "ImpossibleDependency", out);
                 continue;
             }
@@ -1168,9 +1220,35 @@ impl TaskScheduler {
         }
         assert_eq!(pending, self.stats.pending, "pending counter");
         let mut queued = 0;
+        let mut live = 0;
+        let mut free = 0;
         for (tk, s) in self.tasks.iter().enumerate() {
             match s {
-                Slot::Live(j) => match j.loc {
+                Slot::Live(j) => {
+                    live += 1;
+                    assert_eq!(
+                        self.live.get(j.msg_id.as_str()),
+                        Some(&(tk as TaskKey)),
+                        "live map"
+                    );
+                    assert!(!self.history.contains(&j.msg_id), "live and finished");
+                    for i in j.after.items.iter().chain(&j.follow.items) {
+                        if i.done.is_none() {
+                            assert!(
+                                self.graph.get(&i.serial).is_some_and(|d| d.contains(&(tk as TaskKey))),
+                                "job waits on a task without being registered on it"
+                            );
+                        }
+                    }
+                }
+                Slot::Taken => panic!("taken job at rest"),
+                Slot::Free => {
+                    free += 1;
+                    assert!(self.free.contains(&(tk as TaskKey)), "free slot not on the free list");
+                }
+            }
+            if let Slot::Live(j) = s {
+                match j.loc {
                     Loc::Queued { qseq, ready } => {
                         queued += 1;
                         assert_eq!(
@@ -1181,12 +1259,12 @@ impl TaskScheduler {
                     }
                     Loc::Pending { .. } => {}
                     Loc::Detached => panic!("detached job at rest"),
-                },
-                Slot::Taken => panic!("taken job at rest"),
-                Slot::Done { .. } => {}
+                }
             }
         }
         assert_eq!(queued, self.stats.queued, "queued counter");
+        assert_eq!(live, self.live.len(), "live map size");
+        assert_eq!(free, self.free.len(), "free list size");
         assert!(self.finished.is_empty() && !self.rescan);
     }
 }

@@ -1207,3 +1207,161 @@ fn loose_metadata_values() {
     assert_eq!(py_bytes_repr(b"a'b"), "b\"a'b\"");
     assert_eq!(py_str_repr("x_1"), "'x_1'");
 }
+
+// ---------------------------------------------------------------------------------
+// Memory: finished tasks leave the task table; dependencies on them still work
+// ---------------------------------------------------------------------------------
+
+/// Runs `n` plain tasks through A and B with `window` in flight, answering the oldest.
+fn churn(h: &mut H, n: usize, window: usize) {
+    let mut inflight: VecDeque<Sent> = VecDeque::new();
+    for _ in 0..n {
+        h.submit(md_empty());
+        inflight.extend(h.sent());
+        if inflight.len() >= window {
+            let s = inflight.pop_front().expect("in flight");
+            h.ok(&s);
+        }
+        h.out.client.clear();
+        h.out.hub.clear();
+    }
+    while let Some(s) = inflight.pop_front() {
+        h.ok(&s);
+        inflight.extend(h.sent());
+    }
+    h.out.client.clear();
+    h.out.hub.clear();
+    h.req_headers.clear();
+}
+
+#[test]
+fn finished_tasks_free_their_slots_and_keep_their_outcomes() {
+    let mut h = H::new(Scheme::LeastLoad, 0);
+    h.add("A");
+    h.add("B");
+    let bad = h.submit(md_empty());
+    let s = h.sent_one();
+    h.reply(&s, "error", true);
+    let good = h.submit(md_empty());
+    let s = h.sent_one();
+    h.ok(&s);
+    h.replies();
+    h.hub();
+    churn(&mut h, 20_000, 16);
+    assert!(h.s.tasks.len() <= 17, "table is as large as the window: {}", h.s.tasks.len());
+    assert!(h.s.live.is_empty() && h.s.graph.is_empty());
+    assert_eq!(h.s.history.len(), 20_002);
+
+    // Outcomes of tasks finished 20,000 tasks ago are still exact.
+    let t = h.submit(md(vec![("after", ids(&[&bad]))]));
+    h.expect_failure(&t, "ImpossibleDependency");
+    let t = h.submit(md(vec![(
+        "after",
+        vmap! {"dependencies" => ids(&[&bad]), "success" => false, "failure" => true},
+    )]));
+    assert_eq!(h.sent_one().msg_id, t);
+    let t = h.submit(md(vec![("after", ids(&[&good]))]));
+    assert_eq!(h.sent_one().msg_id, t);
+    // A Session-shaped id this scheduler never saw is still invalid.
+    let (prefix, _) = ippx_protocol::idset::split_msg_id(&good).expect("session-shaped");
+    let never = format!("{prefix}_999999999");
+    let t = h.submit(md(vec![("after", ids(&[&never]))]));
+    h.expect_failure(&t, "InvalidDependency");
+    // And an old msg_id cannot be submitted again.
+    let mut hd = h.client.new_header("apply_request");
+    hd.msg_id = good.clone();
+    let again = h
+        .client
+        .serialize_with_header(vec![CLIENT.to_vec()], &hd, Parent::None, &md_empty(), &Value::map(), vec![])
+        .expect("ser");
+    assert!(matches!(
+        h.s.submit(again, h.now, &mut h.out),
+        Err(TaskError::DuplicateMsgId(id)) if id == good
+    ));
+    h.s.check_invariants();
+}
+
+#[test]
+fn follow_on_a_forgotten_engine_is_impossible_but_use_keeps_it_known() {
+    let mut h = H::new(Scheme::LeastLoad, 0);
+    h.add("A");
+    h.add("B");
+    let kept = h.submit(md_empty());
+    let s = h.sent_one();
+    let kept_on = s.uuid.clone();
+    h.ok(&s);
+    let lost = h.submit(md_empty());
+    let s = h.sent_one();
+    h.ok(&s);
+    h.replies();
+    h.hub();
+    // Far more tasks than the location cache holds; `kept` is followed now and then.
+    for _ in 0..(2 * ids::PLACES / 1000 + 2) {
+        churn(&mut h, 1000, 8);
+        let t = h.submit(md(vec![("follow", ids(&[&kept]))]));
+        let s = h.sent_one();
+        assert_eq!((s.msg_id.as_str(), s.uuid.as_str()), (t.as_str(), kept_on.as_str()));
+        h.ok(&s);
+        h.replies();
+        h.hub();
+    }
+    let t = h.submit(md(vec![("follow", ids(&[&lost]))]));
+    h.expect_failure(&t, "ImpossibleDependency");
+    // As a time dependency a forgotten engine does not matter.
+    let t = h.submit(md(vec![("after", ids(&[&lost]))]));
+    assert_eq!(h.sent_one().msg_id, t);
+}
+
+#[test]
+fn a_stale_timer_does_not_fire_for_the_job_that_reuses_its_slot() {
+    let mut h = H::new(Scheme::LeastLoad, 1);
+    h.add("A");
+    let _t1 = h.submit(md_empty());
+    let s1 = h.sent_one();
+    let t2 = h.submit(md(vec![("timeout", Value::Float(1.0))]));
+    h.at(0.5);
+    h.ok(&s1);
+    let s2 = h.sent_one();
+    assert_eq!(s2.msg_id, t2);
+    let t4 = h.submit(md_empty());
+    assert!(h.sent().is_empty(), "A is busy");
+    h.at(0.6);
+    h.ok(&s2);
+    let s4 = h.sent_one();
+    assert_eq!(s4.msg_id, t4);
+    h.replies();
+    h.hub();
+    // t3 takes t2's slot, queued with the same arming count as t2's stale timer.
+    let t3 = h.submit(md(vec![("timeout", Value::Float(5.0))]));
+    assert!(h.sent().is_empty());
+    h.at(1.0);
+    assert!(h.replies().is_empty(), "t2's timer is stale");
+    h.at(5.6);
+    h.expect_failure(&t3, "TaskTimeout");
+}
+
+#[test]
+fn a_running_job_learns_outcomes_it_did_not_wait_for() {
+    // follow-any: runs at once where t1 ran, while t2 is still live; when it is retried
+    // after t2 finished elsewhere, t2's engine is a valid place.
+    let mut h = H::new(Scheme::LeastLoad, 0);
+    h.add("A");
+    h.add("B");
+    let t1 = h.submit(md_empty());
+    let s1 = h.sent_one();
+    assert_eq!(s1.uuid, "B");
+    h.ok(&s1);
+    let t2 = h.submit(md_empty());
+    let s2 = h.sent_one();
+    assert_eq!(s2.uuid, "A");
+    let j = h.submit(md(vec![
+        ("follow", vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false}),
+        ("retries", Value::Int(1)),
+    ]));
+    let sj = h.sent_one();
+    assert_eq!((sj.msg_id.as_str(), sj.uuid.as_str()), (j.as_str(), "B"));
+    h.ok(&s2);
+    h.reply(&sj, "error", true);
+    let sj = h.sent_one();
+    assert_eq!((sj.msg_id.as_str(), sj.uuid.as_str()), (j.as_str(), "A"));
+}
