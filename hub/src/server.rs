@@ -36,6 +36,8 @@ struct HubSockets {
     monitor: zmq::Socket,
     /// DEALER to the client side of the task scheduler, for resubmissions.
     submit: zmq::Socket,
+    /// Monitor copies from a scheduler on our own thread (then `monitor` is unused).
+    monitor_rx: Option<ippx_scheduler::runner::MonitorRx>,
 }
 
 /// Everything needed to run, after binding.
@@ -48,6 +50,7 @@ pub struct Controller {
     /// The scheduler's metrics when it runs on a thread here; the binary serves them on
     /// the scheduler's metrics address, as a child would.
     pub scheduler_registry: Option<ippx_telemetry::prometheus_client::registry::Registry>,
+    notifications_published: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ctx: zmq::Context,
     socks: Option<HubSockets>,
     hub: Option<Hub>,
@@ -157,12 +160,14 @@ impl Controller {
         let notification = tp::socket(&ctx, SocketType::PUB, None)?;
         let notif_port = tp::bind(&notification, t, &cfg.client_ip, plan.notification)?;
         let monitor = tp::socket(&ctx, SocketType::SUB, None)?;
-        // With the scheduler on our thread, the monitor socket is inproc only: copies it
-        // delivers are trusted (see HubIo::on_monitor), so nothing outside may reach it.
+        // With the scheduler on our thread, copies come through a channel and are trusted
+        // (see HubIo::on_monitor); the monitor socket is then not bound at all.
         let in_process = !cfg.no_scheduler && cfg.scheduler_mode == SchedulerMode::Thread;
         let mon_port = if in_process { 0 } else { tp::bind(&monitor, "tcp", &cfg.monitor_ip, plan.monitor)? };
 
         let mut scheduler_registry = None;
+        let mut monitor_rx = None;
+        let mut notifications_published = None;
         let (engine_ports, client_ports, engine_broadcast, client_broadcast, scheduler) = if cfg.no_scheduler {
             for (name, p) in [("engine control", plan.engine_control), ("engine mux", plan.engine_mux), ("client mux", plan.client_mux)] {
                 if p == 0 {
@@ -190,8 +195,10 @@ impl Controller {
             // The scheduler shares our zmq context, so it reaches the hub over inproc:
             // monitor copies are handed over in memory, never through the kernel.
             let base = format!("inproc://ippx-{}-{}", std::process::id(), INPROC_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-            let (mon_url, notif_url, reg_url) = (format!("{base}-monitor"), format!("{base}-notification"), format!("{base}-registration"));
-            tp::bind_endpoint(&monitor, &mon_url)?;
+            let (notif_url, reg_url) = (format!("{base}-notification"), format!("{base}-registration"));
+            let (mon_tx, mon_rx) = ippx_scheduler::runner::monitor_channel(&ctx, &format!("{}-monitor", base.trim_start_matches("inproc://")))?;
+            monitor_rx = Some(mon_rx);
+            notifications_published = Some(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
             tp::bind_endpoint(&notification, &notif_url)?;
             tp::bind_endpoint(&registration, &reg_url)?;
             let scfg = ippx_scheduler::runner::SchedulerConfig {
@@ -202,7 +209,8 @@ impl Controller {
                 client: ippx_scheduler::runner::RelayPorts { control: plan.client_control, mux: plan.client_mux, task: plan.client_task, iopub: plan.client_iopub },
                 engine_broadcast: plan.engine_broadcast.clone(),
                 client_broadcast: plan.client_broadcast,
-                monitor_url: mon_url,
+                monitor: ippx_scheduler::runner::MonitorLink::Channel(mon_tx),
+                notifications_published: notifications_published.clone(),
                 notification_url: notif_url,
                 registration_url: reg_url,
                 session: session_cfg.clone(),
@@ -344,8 +352,9 @@ impl Controller {
             write_files: reused.is_none(),
             scheduler,
             scheduler_registry,
+            notifications_published,
             ctx,
-            socks: Some(HubSockets { registration, ping, pong, notification, monitor, submit }),
+            socks: Some(HubSockets { registration, ping, pong, notification, monitor, submit, monitor_rx }),
             hub: Some(hub),
             session_cfg,
         })
@@ -378,8 +387,9 @@ impl Controller {
         let monitor_session = Session::new(self.session_cfg.clone())?;
         let state_file = self.profile.state_file();
         let trust_task_copies = matches!(self.scheduler, Some(SchedulerRun::Thread { .. }));
+        let notifications_published = self.notifications_published.clone();
         let handle = std::thread::Builder::new().name("hub-io".into()).spawn(move || {
-            let mut io = HubIo { socks, hub, session, monitor_session, state_file, events: events.clone(), metrics, last_sync: Instant::now(), trust_task_copies };
+            let mut io = HubIo { socks, hub, session, monitor_session, state_file, events: events.clone(), metrics, last_sync: Instant::now(), trust_task_copies, monitor_backlog: false, notifications_published };
             if let Err(e) = io.run(stop) {
                 error!("hub socket loop failed: {e:#}");
                 let _ = events.send(Event::Fatal(format!("{e:#}")));
@@ -513,6 +523,10 @@ struct HubIo {
     last_sync: Instant,
     /// The scheduler runs on our thread and verifies task traffic itself.
     trust_task_copies: bool,
+    /// Copies are still waiting in the monitor channel after a full slice.
+    monitor_backlog: bool,
+    /// Notifications sent, shared with a scheduler thread.
+    notifications_published: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// How often the hub's counts are exported to the metrics.
@@ -538,8 +552,12 @@ impl HubIo {
                 self.last_sync = now;
             }
             let wait = self.hub.next_deadline().saturating_duration_since(Instant::now()).min(METRICS_SYNC);
-            let timeout = wait.as_millis() as i64;
-            let ready = tp::poll(&[stop.socket(), &self.socks.registration, &self.socks.pong, &self.socks.monitor, &self.socks.submit], timeout)?;
+            let timeout = if self.monitor_backlog { 0 } else { wait.as_millis() as i64 };
+            let mut list = vec![stop.socket(), &self.socks.registration, &self.socks.pong, &self.socks.monitor, &self.socks.submit];
+            if let Some(m) = &self.socks.monitor_rx {
+                list.push(m.wake.socket());
+            }
+            let ready = tp::poll(&list, timeout)?;
             if ready[0] {
                 stop.drain();
                 return Ok(());
@@ -565,14 +583,44 @@ impl HubIo {
                     let Some(msgs) = tp::try_recv(&self.socks.monitor)? else { break };
                     self.on_monitor(msgs, &mut outs);
                     self.execute(&mut outs);
-                    // Each look at the pong socket costs a syscall in libzmq; every 128
-                    // copies (a few ms of work at most) is often enough for heartbeats.
-                    if n % 128 == 127 && self.socks.pong.get_events().map(|e| e.contains(zmq::POLLIN)).unwrap_or(false) {
-                        self.drain_pongs(&mut outs);
-                    }
+                    self.maybe_pongs(n, &mut outs);
                 }
             }
+            if ready.get(5).copied().unwrap_or(false) || self.monitor_backlog {
+                self.drain_monitor_channel(&mut outs);
+            }
         }
+    }
+
+    /// Each look at the pong socket costs a syscall in libzmq; every 128 copies (a few
+    /// ms of work at most) is often enough for heartbeats.
+    fn maybe_pongs(&mut self, n: usize, outs: &mut Vec<HubOut>) {
+        if n % 128 == 127 && self.socks.pong.get_events().map(|e| e.contains(zmq::POLLIN)).unwrap_or(false) {
+            self.drain_pongs(outs);
+        }
+    }
+
+    /// Copies from a scheduler thread. The flag is cleared before draining, so a copy
+    /// sent after this point wakes us again; a burst is taken in slices of 4,096 so the
+    /// other sockets are not starved.
+    fn drain_monitor_channel(&mut self, outs: &mut Vec<HubOut>) {
+        let Some(m) = self.socks.monitor_rx.take() else { return };
+        m.wake.drain();
+        m.signalled.store(false, std::sync::atomic::Ordering::Release);
+        self.monitor_backlog = false;
+        for n in 0..4096 {
+            match m.rx.try_recv() {
+                Ok(frames) => {
+                    self.on_monitor(frames, outs);
+                    self.execute(outs);
+                    self.maybe_pongs(n, outs);
+                }
+                Err(_) => break,
+            }
+            // Not done: the next poll must not wait.
+            self.monitor_backlog = n == 4095;
+        }
+        self.socks.monitor_rx = Some(m);
     }
 
     fn drain_pongs(&mut self, outs: &mut Vec<HubOut>) {
@@ -627,7 +675,7 @@ impl HubIo {
     /// One monitor copy, `[topic, idents.., DELIM, sig, h, p, m, c, bufs..]`. The frames
     /// stay zmq messages; only the routing prefix and the buffers (which the record keeps)
     /// are copied out.
-    fn on_monitor(&mut self, mut frames: Vec<zmq::Message>, outs: &mut Vec<HubOut>) {
+    fn on_monitor<F: std::ops::Deref<Target = [u8]>>(&mut self, mut frames: Vec<F>, outs: &mut Vec<HubOut>) {
         if frames.is_empty() {
             return;
         }
@@ -645,7 +693,7 @@ impl HubIo {
         // (spec 1.3). A forged copy must not create records. A scheduler on our own thread
         // has already verified task traffic (it drops what does not verify), and nobody
         // else can reach the inproc monitor socket, so those copies are not checked twice.
-        let trusted = self.trust_task_copies && matches!(&topic[..], b"intask" | b"outtask");
+        let trusted = self.trust_task_copies && matches!(&topic[..], b"intask" | b"outtask" | b"tracktask");
         if !trusted {
             if let Err(e) = self.monitor_session.check(&env, false) {
                 self.hub.drop_msg(e.reason());
@@ -695,6 +743,11 @@ impl HubIo {
                     match self.session.serialize(vec![], msg_type, p, &ippx_protocol::Value::map(), &content, vec![]) {
                         Ok((_, frames)) => {
                             let _ = tp::send(&self.socks.notification, frames);
+                            // After the send: the scheduler thread reads this count to know
+                            // the notification is already in its inproc pipe.
+                            if let Some(n) = &self.notifications_published {
+                                n.fetch_add(1, std::sync::atomic::Ordering::Release);
+                            }
                         }
                         Err(e) => error!("cannot pack {msg_type}: {e}"),
                     }

@@ -8,7 +8,7 @@ use crate::task::{Scheme, TaskConfig, TaskOutbox, TaskScheduler};
 use crate::Counters;
 use ippx_protocol::content::EngineNotification;
 use ippx_protocol::{Parent, Session, SessionConfig, Value};
-use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver};
+use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver, Waker};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -51,7 +51,7 @@ pub struct BoundPorts {
     pub client_broadcast: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SchedulerConfig {
     pub transport: String,
     pub engine_ip: String,
@@ -60,14 +60,90 @@ pub struct SchedulerConfig {
     pub client: RelayPorts,
     pub engine_broadcast: Vec<u16>,
     pub client_broadcast: u16,
+    /// Where monitor copies go.
+    pub monitor: MonitorLink,
+    /// With the hub in this process: how many notifications it has sent (each is in our
+    /// inproc pipe by the time it is counted). None: look at the socket every time.
+    pub notifications_published: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Hub sockets we connect to.
-    pub monitor_url: String,
     pub notification_url: String,
     pub registration_url: String,
     pub session: SessionConfig,
     pub task_mode: TaskMode,
     pub hwm: usize,
     pub stranded_delay: Duration,
+}
+
+/// How monitor copies (`[topic, frames..]`) reach the hub.
+pub enum MonitorLink {
+    /// A PUB connected to the hub's monitor SUB (a separate process).
+    Url(String),
+    /// The hub runs in this process: copies go through a channel, and the hub's loop is
+    /// woken once per batch rather than once per message.
+    Channel(MonitorTx),
+}
+
+impl std::fmt::Debug for MonitorLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MonitorLink::Url(u) => write!(f, "Url({u})"),
+            MonitorLink::Channel(_) => f.write_str("Channel"),
+        }
+    }
+}
+
+/// The scheduler's end of an in-process monitor link.
+pub struct MonitorTx {
+    pub tx: std::sync::mpsc::Sender<Vec<Vec<u8>>>,
+    /// Set by us when we wake the hub, cleared by the hub before it drains the channel:
+    /// while it is set the hub is known to be coming, and no wake-up is sent.
+    pub signalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub waker: Waker,
+}
+
+/// The hub's end of an in-process monitor link.
+pub struct MonitorRx {
+    pub rx: std::sync::mpsc::Receiver<Vec<Vec<u8>>>,
+    pub signalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub wake: WakeReceiver,
+}
+
+/// An in-process monitor link (both ends); `name` must be unique within the context.
+pub fn monitor_channel(ctx: &zmq::Context, name: &str) -> anyhow::Result<(MonitorTx, MonitorRx)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (waker, wake) = tp::waker(ctx, name)?;
+    Ok((MonitorTx { tx, signalled: signalled.clone(), waker }, MonitorRx { rx, signalled, wake }))
+}
+
+enum Monitor {
+    Socket(zmq::Socket),
+    Channel { link: MonitorTx, pending: std::cell::Cell<bool> },
+}
+
+impl Monitor {
+    fn send(&self, frames: Vec<Vec<u8>>) {
+        match self {
+            Monitor::Socket(s) => {
+                let _ = tp::send(s, frames);
+            }
+            Monitor::Channel { link, pending } => {
+                // A closed channel means the hub is stopping; the copy has nowhere to go.
+                if link.tx.send(frames).is_ok() {
+                    pending.set(true);
+                }
+            }
+        }
+    }
+
+    /// Wakes the hub for the copies sent since the last flush, unless it is already coming.
+    fn flush(&self) {
+        if let Monitor::Channel { link, pending } = self {
+            if pending.replace(false) && !link.signalled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                link.waker.wake(b"m");
+            }
+        }
+    }
 }
 
 struct Sockets {
@@ -81,7 +157,7 @@ struct Sockets {
     task_out: zmq::Socket,
     bcast_root: zmq::Socket,
     bcast_leaves: Vec<zmq::Socket>,
-    monitor: zmq::Socket,
+    monitor: Monitor,
     notif: zmq::Socket,
     query: zmq::Socket,
 }
@@ -96,6 +172,8 @@ pub struct Scheduler {
     broadcast: BroadcastScheduler,
     counters: Counters,
     rx: Rx,
+    /// `notifications_published` as of our last drain of the notification socket.
+    notifications_seen: u64,
 }
 
 /// Per-socket receive counters, taken out of the metric family once.
@@ -136,7 +214,7 @@ fn frames_of(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
 impl Scheduler {
     /// Binds every socket; nothing is read until [`Scheduler::run`]. `counters` are the
     /// metrics this scheduler updates (registered by the caller if it serves them).
-    pub fn bind(ctx: &zmq::Context, cfg: SchedulerConfig, counters: Counters) -> anyhow::Result<Self> {
+    pub fn bind(ctx: &zmq::Context, mut cfg: SchedulerConfig, counters: Counters) -> anyhow::Result<Self> {
         let t = cfg.transport.as_str();
         let router = |id: &[u8]| tp::socket(ctx, SocketType::ROUTER, Some(id));
         let mux_in = router(b"mux_in")?;
@@ -178,8 +256,14 @@ impl Scheduler {
         };
         let client_broadcast = tp::bind(&bcast_root, t, cip, cfg.client_broadcast)?;
 
-        let monitor = tp::socket(ctx, SocketType::PUB, None)?;
-        tp::connect(&monitor, &cfg.monitor_url)?;
+        let monitor = match std::mem::replace(&mut cfg.monitor, MonitorLink::Url(String::new())) {
+            MonitorLink::Url(url) => {
+                let s = tp::socket(ctx, SocketType::PUB, None)?;
+                tp::connect(&s, &url)?;
+                Monitor::Socket(s)
+            }
+            MonitorLink::Channel(link) => Monitor::Channel { link, pending: std::cell::Cell::new(false) },
+        };
         let notif = tp::socket(ctx, SocketType::SUB, None)?;
         tp::connect(&notif, &cfg.notification_url)?;
         let query = tp::socket(ctx, SocketType::DEALER, None)?;
@@ -210,7 +294,7 @@ impl Scheduler {
             query,
         };
         let rx = Rx::new(&counters);
-        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters, rx })
+        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters, rx, notifications_seen: 0 })
     }
 
     pub fn ports(&self) -> &BoundPorts {
@@ -225,11 +309,7 @@ impl Scheduler {
             warn!("cannot send connection_request to the hub: {e}");
         }
         info!(?self.ports, mode = ?self.cfg.task_mode, "scheduler running");
-        loop {
-            let timeout = match self.task.as_ref().and_then(TaskScheduler::next_deadline) {
-                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i64 + 1,
-                None => 1000,
-            };
+        let mut poller = {
             let s = &self.socks;
             let mut list: Vec<&zmq::Socket> = vec![
                 stop.socket(),
@@ -245,11 +325,56 @@ impl Scheduler {
                 &s.bcast_root,
             ];
             list.extend(s.bcast_leaves.iter());
-            let ready = tp::poll(&list, timeout)?;
+            tp::Poller::new(&list)?
+        };
+        loop {
+            let timeout = match self.task.as_ref().and_then(TaskScheduler::next_deadline) {
+                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i64 + 1,
+                None => 1000,
+            };
+            let s = &self.socks;
+            s.monitor.flush();
+            let mut list: Vec<&zmq::Socket> = vec![
+                stop.socket(),
+                &s.notif,
+                &s.query,
+                &s.mux_in,
+                &s.mux_out,
+                &s.ctl_in,
+                &s.ctl_out,
+                &s.iopub_sub,
+                &s.task_in,
+                &s.task_out,
+                &s.bcast_root,
+            ];
+            list.extend(s.bcast_leaves.iter());
+            let ready = poller.poll(&list, timeout)?;
             if ready[0] {
                 stop.drain();
                 info!("scheduler stopping");
                 return Ok(self.counters);
+            }
+            // What this iteration may use, beside the sockets it drains: the partner of
+            // each relay, both task sockets (replies, timeouts and engine removals send
+            // on them) and the whole broadcast tree.
+            for (i, r) in ready.iter().enumerate() {
+                if *r {
+                    poller.touch(i);
+                }
+            }
+            for (a, b) in [(3, 4), (5, 6)] {
+                if ready[a] || ready[b] {
+                    poller.touch(a);
+                    poller.touch(b);
+                }
+            }
+            poller.touch(1);
+            poller.touch(8);
+            poller.touch(9);
+            if ready[1] || ready[10..].iter().any(|r| *r) {
+                for i in 10..ready.len() {
+                    poller.touch(i);
+                }
             }
             // Notifications first: an engine announced before a submission must be routable.
             if ready[1] {
@@ -398,7 +523,7 @@ impl Scheduler {
                 continue;
             }
             if let Some(copy) = copy {
-                let _ = tp::send(&s.monitor, copy);
+                s.monitor.send(copy);
             }
         }
     }
@@ -418,7 +543,7 @@ impl Scheduler {
             let copy = (!relay::is_delim(&msgs[0])).then(|| relay::monitor_copy(b"iopub", &msgs));
             let _ = tp::send(&s.iopub_pub, msgs);
             if let Some(copy) = copy {
-                let _ = tp::send(&s.monitor, copy);
+                s.monitor.send(copy);
             }
         }
     }
@@ -469,8 +594,20 @@ impl Scheduler {
 
     fn drain_task_in(&mut self) {
         for _ in 0..4096 {
-            // Notifications that arrived meanwhile must be seen before this submission.
-            self.drain_notifications();
+            // Notifications that arrived meanwhile must be seen before this submission (a
+            // client may target an engine it has just heard of), as Python flushes its
+            // notifier stream per submission. With the hub in this process a counter says
+            // whether there is anything to read, which saves a syscall per task.
+            match &self.cfg.notifications_published {
+                None => self.drain_notifications(),
+                Some(published) => {
+                    let n = published.load(std::sync::atomic::Ordering::Acquire);
+                    if n != self.notifications_seen {
+                        self.drain_notifications();
+                        self.notifications_seen = n;
+                    }
+                }
+            }
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_in) else { break };
             self.rx.task_in.inc();
             match self.cfg.task_mode {
@@ -483,7 +620,7 @@ impl Scheduler {
                     }
                     let copy = relay::monitor_copy(b"intask", &msgs);
                     let _ = tp::send(&self.socks.task_out, msgs);
-                    let _ = tp::send(&self.socks.monitor, copy);
+                    self.socks.monitor.send(copy);
                 }
                 TaskMode::None => {
                     let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
@@ -508,7 +645,7 @@ impl Scheduler {
                     if tp::send(&self.socks.task_in, msgs).is_err() {
                         self.counters.drop("unroutable");
                     }
-                    let _ = tp::send(&self.socks.monitor, copy);
+                    self.socks.monitor.send(copy);
                 }
             }
         }
@@ -582,7 +719,7 @@ impl TaskOutbox for Out<'_> {
         let mut all = Vec::with_capacity(frames.len() + 1);
         all.push(topic.as_bytes().to_vec());
         all.extend(frames);
-        let _ = tp::send(&self.socks.monitor, all);
+        self.socks.monitor.send(all);
     }
 }
 
