@@ -543,6 +543,13 @@ fn to_vecs(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
 impl HubIo {
     fn run(&mut self, stop: WakeReceiver) -> anyhow::Result<()> {
         let mut outs = Vec::new();
+        let mut poller = {
+            let mut list = vec![stop.socket(), &self.socks.registration, &self.socks.pong, &self.socks.monitor, &self.socks.submit];
+            if let Some(m) = &self.socks.monitor_rx {
+                list.push(m.wake.socket());
+            }
+            tp::Poller::new(&list)?
+        };
         loop {
             let now = Instant::now();
             self.hub.tick(now, &mut outs);
@@ -557,11 +564,20 @@ impl HubIo {
             if let Some(m) = &self.socks.monitor_rx {
                 list.push(m.wake.socket());
             }
-            let ready = tp::poll(&list, timeout)?;
+            let ready = poller.poll(&list, timeout)?;
             if ready[0] {
                 stop.drain();
                 return Ok(());
             }
+            // Replies and resubmissions can be sent from any iteration (timers complete
+            // registrations), so those two sockets are always asked next time.
+            for (i, r) in ready.iter().enumerate() {
+                if *r {
+                    poller.touch(i);
+                }
+            }
+            poller.touch(1);
+            poller.touch(4);
             if ready[4] {
                 // Replies to resubmitted tasks: the hub records them from the monitor copy.
                 while let Ok(Some(_)) = tp::try_recv(&self.socks.submit) {}

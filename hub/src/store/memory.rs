@@ -93,8 +93,10 @@ impl MemStore {
         let n = self.drop_entries(&ids);
         self.stats.culled += n as u64;
         self.culled_ids.extend(ids);
+        // Trimming the front of an IndexSet moves every id after it, so let it grow to
+        // twice the cap first: that keeps the cost per culled record constant.
         let cap = self.culled_cap();
-        if self.culled_ids.len() > cap {
+        if self.culled_ids.len() > 2 * cap {
             let excess = self.culled_ids.len() - cap;
             self.culled_ids.drain(..excess);
         }
@@ -102,9 +104,22 @@ impl MemStore {
 
     /// Ids oldest first (by submission, else creation; ties keep insertion order).
     fn by_age(&self) -> Vec<String> {
-        let mut v: Vec<(Timestamp, usize, &str)> = self.records.values().enumerate().map(|(i, e)| (e.age_key(), i, e.rec.msg_id.as_str())).collect();
-        v.sort();
-        v.into_iter().map(|(_, _, id)| id.to_owned()).collect()
+        self.oldest(self.records.len())
+    }
+
+    /// The `n` oldest ids, oldest first. Selects before sorting and copies only the ids it
+    /// returns: the record-limit cull runs every `cull_fraction × record_limit` tasks.
+    fn oldest(&self, n: usize) -> Vec<String> {
+        let mut v: Vec<(Timestamp, usize)> = self.records.values().enumerate().map(|(i, e)| (e.age_key(), i)).collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if n < v.len() {
+            v.select_nth_unstable(n - 1);
+            v.truncate(n);
+        }
+        v.sort_unstable();
+        v.into_iter().filter_map(|(_, i)| self.records.get_index(i).map(|(k, _)| k.clone())).collect()
     }
 
     fn cull(&mut self) {
@@ -112,7 +127,7 @@ impl MemStore {
         if self.records.len() > l.record_limit {
             let n = ((l.cull_fraction * l.record_limit as f64) as usize).max(1);
             info!(records = self.records.len(), limit = l.record_limit, "record limit exceeded: culling the oldest {n}");
-            let ids: Vec<String> = self.by_age().into_iter().take(n).collect();
+            let ids: Vec<String> = self.oldest(n);
             self.cull_ids(ids);
         }
         if self.bytes > l.size_limit {
