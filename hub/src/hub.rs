@@ -13,6 +13,7 @@ use ippx_protocol::content::{
     RegistrationRequest, ResultRequest, TaskDestination, UnregistrationRequest,
 };
 use ippx_protocol::datetime::{format_iso, now as utc_now, parse_iso};
+use ippx_protocol::idset::IdSet;
 use ippx_protocol::{vmap, EngineId, Header, Packer, Value, PROTOCOL_VERSION};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,9 +67,15 @@ pub struct HubSettings {
 /// Per-engine msg_id lists reported by `queue_request`.
 #[derive(Debug, Default)]
 struct EngineQueues {
+    /// The engine's uuid, to find its completed records in the store (verbose
+    /// `queue_status`) after it is gone from the registry.
+    uuid: Option<String>,
     queue: IndexSet<String>,
     tasks: IndexSet<String>,
-    completed: Vec<String>,
+    /// How many tasks completed on the engine. Stock keeps the list of their msg_ids,
+    /// which grows forever; a verbose `queue_status` lists the ones the store still
+    /// holds instead (docs/store.md).
+    completed: u64,
 }
 
 /// Counters for logs and metrics.
@@ -128,6 +135,21 @@ fn run_seconds(md: &Value, reply_date: &str) -> Option<f64> {
     (us >= 0).then(|| us as f64 / 1e6)
 }
 
+/// What [`Hub::bookkeeping`] reports. Every count but `completed` is bounded by the
+/// tasks pending; `completed_bytes` (the compact set of every completed msg_id) grows
+/// only with gaps in the clients' msg_id counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bookkeeping {
+    pub pending: usize,
+    pub seen: usize,
+    pub owners: usize,
+    pub unassigned: usize,
+    pub queued: usize,
+    pub assigned: usize,
+    pub completed: usize,
+    pub completed_bytes: usize,
+}
+
 pub struct Hub {
     s: HubSettings,
     reg: Registry,
@@ -137,7 +159,11 @@ pub struct Hub {
     id_prefix: String,
     id_counter: u64,
     pending: HashSet<String>,
-    completed: HashSet<String>,
+    /// Every msg_id that completed (stock's `all_completed`), exactly, in a compact form
+    /// (`ippx_protocol::idset`): Session-shaped ids that all completed cost a few bytes
+    /// per 65,536. Stock keeps one string per task forever; so did we, at ~100 bytes a
+    /// task. Everything else the hub keeps per task lives only while the task is pending.
+    completed: IdSet,
     unassigned: IndexSet<String>,
     queues: BTreeMap<EngineId, EngineQueues>,
     /// Which engine a load-balanced task went to, so its reply clears the right list even
@@ -180,7 +206,7 @@ impl Hub {
             id_prefix: format!("{}_{}", ippx_protocol::session::new_id(), std::process::id()),
             id_counter: 0,
             pending: HashSet::new(),
-            completed: HashSet::new(),
+            completed: IdSet::new(),
             unassigned: IndexSet::new(),
             queues: BTreeMap::new(),
             task_owner: HashMap::new(),
@@ -216,11 +242,25 @@ impl Hub {
         self.unassigned.len()
     }
 
+    /// Sizes of the per-task bookkeeping (tests, diagnostics).
+    pub fn bookkeeping(&self) -> Bookkeeping {
+        Bookkeeping {
+            pending: self.pending.len(),
+            seen: self.seen.len(),
+            owners: self.task_owner.len(),
+            unassigned: self.unassigned.len(),
+            queued: self.queues.values().map(|q| q.queue.len()).sum(),
+            assigned: self.queues.values().map(|q| q.tasks.len()).sum(),
+            completed: self.completed.len(),
+            completed_bytes: self.completed.heap_bytes(),
+        }
+    }
+
     /// `--restore`: engines come back registered, without notifications.
     pub fn restore(&mut self, state: &EngineState) {
         self.reg.restore(state);
         for e in self.reg.engines() {
-            self.queues.entry(e.id).or_default();
+            self.queues.entry(e.id).or_default().uuid = Some(e.uuid.clone());
         }
     }
 
@@ -310,7 +350,7 @@ impl Hub {
         let Some(e) = self.reg.complete(uuid) else { return false };
         info!(engine = %e.id, uuid = %e.uuid, "engine registered");
         self.stats.registered += 1;
-        self.queues.entry(e.id).or_default();
+        self.queues.entry(e.id).or_default().uuid = Some(e.uuid.clone());
         out.push(HubOut::Notify {
             msg_type: "registration_notification",
             content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
@@ -346,9 +386,9 @@ impl Hub {
         let ids: Vec<String> = q.queue.drain(..).collect();
         for msg_id in ids {
             self.pending.remove(&msg_id);
-            self.completed.insert(msg_id.clone());
+            self.completed.insert(&msg_id);
             if let Some(q) = self.queues.get_mut(&e.id) {
-                q.completed.push(msg_id.clone());
+                q.completed += 1;
             }
             // No latency: the task never finished.
             self.seen.remove(&msg_id);
@@ -517,7 +557,7 @@ impl Hub {
         }
     }
 
-    fn queue_status(&self, q: &QueueRequest) -> Result<Value, Value> {
+    fn queue_status(&mut self, q: &QueueRequest) -> Result<Value, Value> {
         let targets: Vec<EngineId> = match &q.targets {
             Value::Nil => self.reg.ever().collect(),
             one @ (Value::Int(_) | Value::UInt(_) | Value::Str(_)) => self.resolve_targets(std::slice::from_ref(one))?,
@@ -528,17 +568,36 @@ impl Hub {
         let empty = EngineQueues::default();
         let list = |s: &mut dyn Iterator<Item = &String>| Value::Array(s.map(|m| Value::from(m.as_str())).collect());
         for t in targets {
+            let completed = match (q.verbose, self.queues.get(&t).and_then(|e| e.uuid.clone())) {
+                (true, Some(uuid)) => self.completed_in_store(&uuid),
+                _ => Vec::new(),
+            };
             let eq = self.queues.get(&t).unwrap_or(&empty);
             let entry = if q.verbose {
-                vmap! {"queue" => list(&mut eq.queue.iter()), "completed" => list(&mut eq.completed.iter()), "tasks" => list(&mut eq.tasks.iter())}
+                vmap! {"queue" => list(&mut eq.queue.iter()), "completed" => list(&mut completed.iter()), "tasks" => list(&mut eq.tasks.iter())}
             } else {
-                vmap! {"queue" => eq.queue.len() as i64, "completed" => eq.completed.len() as i64, "tasks" => eq.tasks.len() as i64}
+                vmap! {"queue" => eq.queue.len() as i64, "completed" => eq.completed as i64, "tasks" => eq.tasks.len() as i64}
             };
             c.insert(t.to_string(), entry);
         }
         let unassigned = if q.verbose { list(&mut self.unassigned.iter()) } else { Value::from(self.unassigned.len() as i64) };
         c.insert("unassigned", unassigned);
         Ok(c)
+    }
+
+    /// The msg_ids of completed tasks that ran on engine `uuid` and that the store still
+    /// holds, in completion order: what a verbose `queue_status` lists as `completed`.
+    /// Stock lists every one since the controller started, from a list that grows by a
+    /// string per task forever; the count (non-verbose) stays exact here. As stock, load-
+    /// balanced tasks that were aborted are not counted.
+    fn completed_in_store(&mut self, uuid: &str) -> Vec<String> {
+        let q = Query::default().with(Field::EngineUuid, Op::Eq, Q::Str(uuid.to_owned())).with(Field::Completed, Op::Ne, Q::Nil);
+        let Ok(mut recs) = self.store.find(&q, Fields::of(&[Field::Completed, Field::Queue, Field::ResultMetadata])) else {
+            return Vec::new(); // --nodb: nothing to list
+        };
+        recs.retain(|r| !(r.queue.as_deref() == Some("task") && r.result_metadata.get("status").as_str() == Some("aborted")));
+        recs.sort_by_key(|r| r.completed);
+        recs.into_iter().map(|r| r.msg_id).collect()
     }
 
     fn resolve_targets(&self, items: &[Value]) -> Result<Vec<EngineId>, Value> {
@@ -962,10 +1021,10 @@ impl Hub {
         let parent = msg.parent_id.clone();
         let md = self.unpack::<Value>(msg.metadata);
         if self.pending.remove(&parent) {
-            self.completed.insert(parent.clone());
+            self.completed.insert(&parent);
             let q = self.queues.entry(eid).or_default();
             q.queue.shift_remove(&parent);
-            q.completed.push(parent.clone());
+            q.completed += 1;
             let m = md.as_ref().unwrap_or(&Value::Nil);
             let seen = self.seen.remove(&parent);
             self.stats.finished("mux", outcome(m.get("status").as_str().unwrap_or("")), seen, now, run_seconds(m, &msg.h.date));
@@ -1009,9 +1068,22 @@ impl Hub {
             warn!(engine = %d.engine_id, msg_id = %d.msg_id, "task sent to an engine that is not registered");
             return;
         };
+        if !self.pending.contains(&d.msg_id) {
+            // Nothing would ever take it off the engine's list again.
+            debug!(msg_id = %d.msg_id, "destination of a task that is not pending");
+            return;
+        }
         debug!(msg_id = %d.msg_id, engine = %eid, "task assigned");
         self.queues.entry(eid).or_default().tasks.insert(d.msg_id.clone());
-        self.task_owner.insert(d.msg_id.clone(), eid);
+        // A retried task is assigned again: it leaves the first engine's list (stock
+        // leaves it there forever, and that engine's `tasks` count never drops to 0).
+        if let Some(prev) = self.task_owner.insert(d.msg_id.clone(), eid) {
+            if prev != eid {
+                if let Some(q) = self.queues.get_mut(&prev) {
+                    q.tasks.shift_remove(&d.msg_id);
+                }
+            }
+        }
         let r = self.store.update(&d.msg_id, Missing::Skip, &mut |r| r.engine_uuid = Some(d.engine_id.clone()));
         self.store_failed("task destination", &d.msg_id, r);
     }
@@ -1027,14 +1099,14 @@ impl Hub {
             debug!(msg_id = %parent, "reply to an unknown task");
             return;
         }
-        self.completed.insert(parent.clone());
+        self.completed.insert(&parent);
         let seen = self.seen.remove(&parent);
         self.stats.finished("task", status, seen, now, run_seconds(m, &msg.h.date));
         if let Some(eid) = self.task_owner.remove(&parent) {
             let q = self.queues.entry(eid).or_default();
             q.tasks.shift_remove(&parent);
             if status != "aborted" && !engine.is_empty() {
-                q.completed.push(parent.clone());
+                q.completed += 1;
             }
         }
         debug!(msg_id = %parent, status, "task finished");
