@@ -552,6 +552,10 @@ impl HubIo {
         };
         loop {
             let now = Instant::now();
+            if now >= self.hub.next_deadline() {
+                // Heartbeat verdicts fail an engine's queued tasks: know them all first.
+                self.drain_monitor_channel(false, &mut outs);
+            }
             self.hub.tick(now, &mut outs);
             self.execute(&mut outs);
             if now.duration_since(self.last_sync) >= METRICS_SYNC {
@@ -588,6 +592,9 @@ impl HubIo {
                 self.drain_pongs(&mut outs);
             }
             if ready[1] {
+                // The scheduler thread wakes us for its monitor copies only every
+                // millisecond or so; a query must see every copy made before it.
+                self.drain_monitor_channel(false, &mut outs);
                 for _ in 0..1024 {
                     let Some(msgs) = tp::try_recv(&self.socks.registration)? else { break };
                     self.on_query(to_vecs(msgs), &mut outs);
@@ -602,8 +609,9 @@ impl HubIo {
                     self.maybe_pongs(n, &mut outs);
                 }
             }
-            if ready.get(5).copied().unwrap_or(false) || self.monitor_backlog {
-                self.drain_monitor_channel(&mut outs);
+            let woken = ready.get(5).copied().unwrap_or(false);
+            if woken || self.monitor_backlog {
+                self.drain_monitor_channel(woken, &mut outs);
             }
         }
     }
@@ -618,10 +626,13 @@ impl HubIo {
 
     /// Copies from a scheduler thread. The flag is cleared before draining, so a copy
     /// sent after this point wakes us again; a burst is taken in slices of 4,096 so the
-    /// other sockets are not starved.
-    fn drain_monitor_channel(&mut self, outs: &mut Vec<HubOut>) {
+    /// other sockets are not starved. `woken`: the wake-up socket is readable (reading
+    /// it otherwise would cost a syscall for nothing).
+    fn drain_monitor_channel(&mut self, woken: bool, outs: &mut Vec<HubOut>) {
         let Some(m) = self.socks.monitor_rx.take() else { return };
-        m.wake.drain();
+        if woken {
+            m.wake.drain();
+        }
         m.signalled.store(false, std::sync::atomic::Ordering::Release);
         self.monitor_backlog = false;
         for n in 0..4096 {

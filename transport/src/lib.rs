@@ -173,7 +173,8 @@ impl Poller {
                     if left.is_zero() && timeout_ms != 0 {
                         return Ok(ready);
                     }
-                    left.as_millis() as i64
+                    // Rounded up: a 0 ms poll with time left would spin until the deadline.
+                    left.as_micros().div_ceil(1000) as i64
                 }
             };
             let mut items: Vec<zmq::PollItem<'_>> = self.fds.iter().map(|fd| zmq::PollItem::from_fd(*fd, zmq::POLLIN)).collect();
