@@ -12,6 +12,10 @@ use ippx_protocol::{vmap, Header, Packer, Session, SessionConfig, Value};
 use std::time::{Duration, Instant};
 
 fn settings(nodb: bool) -> HubSettings {
+    settings_with(nodb, Limits::default())
+}
+
+fn settings_with(nodb: bool, limits: Limits) -> HubSettings {
     HubSettings {
         hb_period: Duration::from_millis(100),
         max_misses: 2,
@@ -28,7 +32,7 @@ fn settings(nodb: bool) -> HubSettings {
             broadcast: vec![8],
         },
         packer: Packer::Msgpack,
-        limits: Limits::default(),
+        limits,
         nodb,
     }
 }
@@ -98,9 +102,24 @@ impl Cluster {
         let md = vmap! {"after" => list(&[]), "follow" => list(&[]), "timeout" => 0.0f64, "targets" => list(&[]), "retries" => 0i64, "label" => label};
         let bufs: Vec<Vec<u8>> = bufs.iter().map(|b| b.to_vec()).collect();
         self.monitor(b"intask", &[b"client"], &h, "", &md, &Value::map(), &bufs);
-        let d = self.sched.new_header("task_destination");
-        self.monitor(b"tracktask", &[b"sched"], &d, "", &Value::map(), &vmap! {"msg_id" => h.msg_id.as_str(), "engine_id" => engine}, &[]);
+        self.assign(&h, engine);
         h
+    }
+
+    /// The scheduler's `tracktask`: `req` went to `engine`.
+    fn assign(&mut self, req: &Header, engine: &str) {
+        let d = self.sched.new_header("task_destination");
+        self.monitor(b"tracktask", &[b"sched"], &d, "", &Value::map(), &vmap! {"msg_id" => req.msg_id.as_str(), "engine_id" => engine}, &[]);
+    }
+
+    /// A direct request to `engine` and its reply.
+    fn direct(&mut self, engine: &str) -> String {
+        let h = self.client.new_header("apply_request");
+        self.monitor(b"in", &[engine.as_bytes(), b"client"], &h, "", &Value::map(), &Value::map(), &[]);
+        let rh = self.engine.new_header("apply_reply");
+        let md = vmap! {"status" => "ok", "engine" => engine};
+        self.monitor(b"out", &[b"client", engine.as_bytes()], &rh, &h.msg_id, &md, &vmap! {"status" => "ok"}, &[]);
+        h.msg_id
     }
 
     /// The engine's reply (`outtask`), after some stdout on IOPub.
@@ -486,4 +505,91 @@ fn sqlite_results_outlive_the_hub() {
     assert_eq!(c.history().last(), Some(&n));
     let (r, _) = c.ask("resubmit_request", vmap! {"msg_ids" => list(&[&a])});
     assert_eq!(r.get("status").as_str(), Some("ok"));
+}
+
+// The hub's per-task bookkeeping stays bounded over many tasks (issue 6), while the
+// answers stock gives from its ever-growing sets stay exact: `result_request` status of
+// any completed msg_id, `queue_request` counts.
+
+fn many_tasks(nodb: bool) {
+    let mut c = Cluster::new(Hub::new(settings_with(nodb, Limits { record_limit: 100, ..Limits::default() }), Instant::now()));
+    let first = c.task("first", &[], &[], "e0");
+    let mut window = std::collections::VecDeque::new();
+    for i in 0..50_000u32 {
+        let e = if i % 2 == 0 { "e0" } else { "e1" };
+        window.push_back((c.submit("", &[], e), e));
+        if window.len() > 32 {
+            let (h, e) = window.pop_front().expect("in flight");
+            c.finish(&h, e, &[], "ok");
+        }
+        if i % 1000 == 0 {
+            c.direct("e1");
+        }
+    }
+    let last_pending = window.back().expect("some").0.msg_id.clone();
+    let b = c.hub.bookkeeping();
+    assert_eq!((b.pending, b.seen, b.owners, b.assigned), (32, 32, 32, 32), "{b:?}");
+    while let Some((h, e)) = window.pop_front() {
+        c.finish(&h, e, &[], "ok");
+    }
+    let b = c.hub.bookkeeping();
+    assert_eq!((b.pending, b.seen, b.owners, b.unassigned, b.queued, b.assigned), (0, 0, 0, 0, 0, 0), "{b:?}");
+    assert_eq!(b.completed, 50_001 + 50);
+    // One client session; its counter has gaps only where it sent other messages.
+    assert!(b.completed_bytes < 20_000, "{b:?}");
+
+    // Stock's answers, exact for the first task as for the last.
+    let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&[&first, &last_pending]), "status_only" => true});
+    assert_eq!(r.get("completed"), &list(&[&first, &last_pending]));
+    assert_eq!(r.get("pending"), &list(&[]));
+    let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&["9b1c2d3e-4f5a6b7c8d9e0f1a2b3c4d5e_1_5"]), "status_only" => true});
+    assert_eq!(r.get("ename").as_str(), Some("KeyError"));
+    let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => false});
+    assert_eq!(q.get("0").get("completed"), &Value::Int(25_001));
+    assert_eq!(q.get("1").get("completed"), &Value::Int(25_000 + 50));
+    assert_eq!(q.get("0").get("tasks"), &Value::Int(0));
+    // Verbose: the completed ids the store still holds (at most record_limit of them).
+    let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => true});
+    let n0 = q.get("0").get("completed").as_array().map_or(0, |a| a.len());
+    let n1 = q.get("1").get("completed").as_array().map_or(0, |a| a.len());
+    if nodb {
+        assert_eq!((n0, n1), (0, 0));
+    } else {
+        assert!(n0 + n1 > 0 && n0 + n1 <= 100, "{n0} + {n1}");
+        let last = q.get("1").get("completed").as_array().and_then(|a| a.last()).and_then(Value::as_str).map(str::to_owned);
+        assert_eq!(last.as_deref(), Some(last_pending.as_str()), "completion order, newest last");
+    }
+}
+
+#[test]
+fn many_tasks_bounded_memory_store() {
+    many_tasks(false);
+}
+
+#[test]
+fn many_tasks_bounded_nodb() {
+    many_tasks(true);
+}
+
+#[test]
+fn a_retried_task_leaves_the_first_engines_list() {
+    let mut c = mem();
+    let h = c.submit("", &[], "e0");
+    let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => true});
+    assert_eq!(q.get("0").get("tasks"), &list(&[&h.msg_id]));
+    // The engine failed it; the scheduler retries it on e1.
+    c.assign(&h, "e1");
+    let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => true});
+    assert_eq!(q.get("0").get("tasks"), &list(&[]));
+    assert_eq!(q.get("1").get("tasks"), &list(&[&h.msg_id]));
+    c.finish(&h, "e1", &[], "ok");
+    let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => false});
+    assert_eq!((q.get("0").get("tasks"), q.get("1").get("tasks")), (&Value::Int(0), &Value::Int(0)));
+    assert_eq!((q.get("0").get("completed"), q.get("1").get("completed")), (&Value::Int(0), &Value::Int(1)));
+    // A destination for a task the hub does not know is not listed (nothing would ever
+    // remove it).
+    let stray = c.client.new_header("apply_request");
+    c.assign(&stray, "e0");
+    let b = c.hub.bookkeeping();
+    assert_eq!((b.owners, b.assigned), (0, 0));
 }
