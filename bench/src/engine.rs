@@ -254,7 +254,7 @@ fn run_group(
         }
         let mut timeout = 50i64;
         if let Some(d) = deadline {
-            timeout = timeout.min(d.saturating_duration_since(Instant::now()).as_millis() as i64);
+            timeout = timeout.min(tp::ceil_ms(d.saturating_duration_since(Instant::now())));
         }
         let ready = if socks.is_empty() {
             std::thread::sleep(Duration::from_millis(timeout.max(1) as u64));

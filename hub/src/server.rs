@@ -563,7 +563,7 @@ impl HubIo {
                 self.last_sync = now;
             }
             let wait = self.hub.next_deadline().saturating_duration_since(Instant::now()).min(METRICS_SYNC);
-            let timeout = if self.monitor_backlog { 0 } else { wait.as_millis() as i64 };
+            let timeout = if self.monitor_backlog { 0 } else { tp::ceil_ms(wait) };
             let mut list = vec![stop.socket(), &self.socks.registration, &self.socks.pong, &self.socks.monitor, &self.socks.submit];
             if let Some(m) = &self.socks.monitor_rx {
                 list.push(m.wake.socket());

@@ -350,15 +350,12 @@ impl Scheduler {
         loop {
             let s = &self.socks;
             let monitor_due = s.monitor.flush();
-            let timeout = match self.task.as_ref().and_then(TaskScheduler::next_deadline) {
-                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i64 + 1,
-                None => 1000,
-            };
-            // Rounded up: a 0 ms timeout before the copies are due would spin.
-            let timeout = match monitor_due {
-                Some(d) => timeout.min(d.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).max(1) as i64),
-                None => timeout,
-            };
+            let now = Instant::now();
+            let timeout = [self.task.as_ref().and_then(TaskScheduler::next_deadline), monitor_due]
+                .into_iter()
+                .flatten()
+                .map(|d| tp::ceil_ms(d.saturating_duration_since(now)))
+                .fold(1000, i64::min);
             let mut list: Vec<&zmq::Socket> = vec![
                 stop.socket(),
                 &s.notif,

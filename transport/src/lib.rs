@@ -101,6 +101,13 @@ where
 
 /// Blocks until one of `socks` is readable or `timeout_ms` passes (-1: forever).
 /// Returns the readable flags in order.
+/// A poll timeout in whole milliseconds, rounded up: rounded down, a sub-millisecond
+/// remainder becomes a 0 ms (non-blocking) poll, and a loop waiting for a deadline spins
+/// until it.
+pub fn ceil_ms(left: std::time::Duration) -> i64 {
+    i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
+}
+
 pub fn poll(socks: &[&Socket], timeout_ms: i64) -> Result<Vec<bool>> {
     let mut items: Vec<zmq::PollItem<'_>> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
     match zmq::poll(&mut items, timeout_ms) {
@@ -173,8 +180,7 @@ impl Poller {
                     if left.is_zero() && timeout_ms != 0 {
                         return Ok(ready);
                     }
-                    // Rounded up: a 0 ms poll with time left would spin until the deadline.
-                    left.as_micros().div_ceil(1000) as i64
+                    ceil_ms(left)
                 }
             };
             let mut items: Vec<zmq::PollItem<'_>> = self.fds.iter().map(|fd| zmq::PollItem::from_fd(*fd, zmq::POLLIN)).collect();
