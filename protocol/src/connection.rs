@@ -136,3 +136,22 @@ mod tests {
         assert_eq!(file_names("").0, "ipcontroller-engine.json");
     }
 }
+
+/// The URL a peer dials for `port` on a connection file's `interface`: `tcp://host:port`,
+/// or `ipc://path-port` for ipc (ipyparallel appends the port with a dash there).
+pub fn url(interface: &str, port: u16) -> String {
+    if interface.starts_with("ipc://") {
+        format!("{interface}-{port}")
+    } else {
+        format!("{interface}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn tcp_and_ipc_urls() {
+        assert_eq!(super::url("tcp://127.0.0.1", 5), "tcp://127.0.0.1:5");
+        assert_eq!(super::url("ipc:///tmp/x", 5), "ipc:///tmp/x-5");
+    }
+}

@@ -8,6 +8,7 @@ pub mod datetime;
 pub mod header;
 pub mod idset;
 pub mod ids;
+pub mod metadata;
 pub mod packer;
 pub mod session;
 pub mod signing;

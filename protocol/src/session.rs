@@ -189,6 +189,30 @@ impl Session {
         Ok(self.frame(idents, [h, p, m, c], buffers))
     }
 
+    /// As [`Session::serialize`] with content that is already packed (an engine's worker
+    /// packs what Python's shell produced, so it reaches clients exactly as stock's).
+    pub fn serialize_packed_content<M: Serialize + ?Sized>(
+        &mut self,
+        idents: Vec<Vec<u8>>,
+        msg_type: &str,
+        parent: Parent<'_>,
+        metadata: &M,
+        content: Vec<u8>,
+        buffers: Vec<Vec<u8>>,
+    ) -> Result<(Header, Vec<Vec<u8>>), PackError> {
+        let header = self.new_header(msg_type);
+        let h = self.pack(&header)?;
+        let p = match parent {
+            Parent::None => self.pack(&Value::map())?,
+            Parent::Raw(raw) if self.pack == self.unpack => raw.to_vec(),
+            Parent::Raw(raw) => self.pack(&self.unpack::<Value>(raw)?)?,
+            Parent::Header(hd) => self.pack(hd)?,
+            Parent::Value(v) => self.pack(v)?,
+        };
+        let m = self.pack(metadata)?;
+        Ok((header, self.frame(idents, [h, p, m, content], buffers)))
+    }
+
     /// Signature and replay check, in Python's order. `replay` is off for internal copies
     /// of messages that another role of this controller has already accepted.
     pub fn check<F: Deref<Target = [u8]>>(&mut self, env: &Envelope<F>, replay: bool) -> Result<(), RecvError> {

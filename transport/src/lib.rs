@@ -99,8 +99,6 @@ where
     Ok(())
 }
 
-/// Blocks until one of `socks` is readable or `timeout_ms` passes (-1: forever).
-/// Returns the readable flags in order.
 /// A poll timeout in whole milliseconds, rounded up: rounded down, a sub-millisecond
 /// remainder becomes a 0 ms (non-blocking) poll, and a loop waiting for a deadline spins
 /// until it.
@@ -108,6 +106,42 @@ pub fn ceil_ms(left: std::time::Duration) -> i64 {
     i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
 }
 
+/// What [`poll_with_fds`] found on one plain file descriptor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdReady {
+    pub readable: bool,
+    pub writable: bool,
+    /// Hang-up or error: the peer closed (a pipe's writer, a socket's peer).
+    pub closed: bool,
+}
+
+/// Like [`poll`], over sockets and plain fds (pipes, a Unix socket, a signal self-pipe)
+/// in one wait: the engine's supervisor watches its worker's output and link with the
+/// same loop as its zmq sockets. `fds` are `(fd, also wait for writable)`.
+pub fn poll_with_fds(
+    socks: &[&Socket],
+    fds: &[(std::os::fd::RawFd, bool)],
+    timeout_ms: i64,
+) -> Result<(Vec<bool>, Vec<FdReady>)> {
+    let mut items: Vec<zmq::PollItem<'_>> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
+    for (fd, w) in fds {
+        let ev = if *w { zmq::POLLIN | zmq::POLLOUT } else { zmq::POLLIN };
+        items.push(zmq::PollItem::from_fd(*fd, ev));
+    }
+    match zmq::poll(&mut items, timeout_ms) {
+        Ok(_) | Err(zmq::Error::EINTR) => {}
+        Err(e) => return Err(TransportError::Zmq { op: "poll", addr: String::new(), source: e }),
+    }
+    let s = items[..socks.len()].iter().map(zmq::PollItem::is_readable).collect();
+    let f = items[socks.len()..]
+        .iter()
+        .map(|it| FdReady { readable: it.is_readable(), writable: it.is_writable(), closed: it.is_error() || it.get_revents().contains(zmq::POLLERR) })
+        .collect();
+    Ok((s, f))
+}
+
+/// Blocks until one of `socks` is readable or `timeout_ms` passes (-1: forever).
+/// Returns the readable flags in order.
 pub fn poll(socks: &[&Socket], timeout_ms: i64) -> Result<Vec<bool>> {
     let mut items: Vec<zmq::PollItem<'_>> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
     match zmq::poll(&mut items, timeout_ms) {
