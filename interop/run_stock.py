@@ -168,6 +168,7 @@ class ModuleRun:
     leftovers: list[str] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)
     controller_launches: int = 0
+    engine_launches: int = 0
     log: Path | None = None
 
 
@@ -288,6 +289,7 @@ def find_tests_dir() -> Path:
 @dataclass
 class Settings:
     controller_argv: list[str]
+    engine_argv: list[str]
     tests_dir: Path
     run_dir: Path
     marker: str
@@ -306,6 +308,7 @@ def pytest_env(s: Settings, tag: str) -> dict[str, str]:
         {
             "PYTHONPATH": os.pathsep.join(pp),
             "IPP_CONTROLLER_CMD": shlex.join(s.controller_argv),
+            **({"IPP_ENGINE_CMD": shlex.join(s.engine_argv)} if s.engine_argv else {}),
             proctools.MARKER_ENV: s.marker,
             "IPPX_SHIM_LOG": str(s.run_dir / f"{tag}.shim.jsonl"),
             "IPPX_PROGRESS_FILE": str(s.run_dir / f"{tag}.progress.jsonl"),
@@ -413,9 +416,20 @@ def run_pytest(s: Settings, module: str, targets: list[str], tag: str) -> tuple[
             )
             results[tid] = TestResult(tid, NOTRUN, why)
     results.update(collect_errors)
-    launches = 0
+    launches = engines = 0
     if shim_log.exists():
-        launches = sum(1 for line in shim_log.read_text().splitlines() if line.strip())
+        for line in shim_log.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                via = json.loads(line).get("via")
+            except ValueError:
+                via = None
+            if via == "engine":
+                engines += 1
+            else:
+                launches += 1
+    run_pytest.last_engine_launches = engines
     return results, collected, collect_errors, timed_out, proc.returncode, seconds, log, launches
 
 
@@ -439,6 +453,7 @@ def run_module(s: Settings, module: str, selectors: list[str], expected: dict[st
     results, collected, _, timed_out, rc, secs, log, launches = run_pytest(s, module, targets, stem)
     sweep(s, module, run)
     run.log, run.timed_out, run.returncode, run.controller_launches = log, timed_out, rc, launches
+    run.engine_launches = run_pytest.last_engine_launches
     run.duration = secs
     if rc not in (0, 1) and not timed_out and not any(r.outcome in BAD for r in results.values()):
         # pytest itself failed (usage error, internal error, nothing collected, ...)
@@ -457,6 +472,7 @@ def run_module(s: Settings, module: str, selectors: list[str], expected: dict[st
         sweep(s, module + " (rerun)", run)
         run.duration += rsecs
         run.controller_launches += rlaunch
+        run.engine_launches += run_pytest.last_engine_launches
         for tid in to_rerun:
             r2 = rres.get(tid)
             if r2 is not None and r2.outcome not in BAD:
@@ -574,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("modules", nargs="*", help="test modules or node ids (default: %s)" % " ".join(DEFAULT_MODULES))
     ap.add_argument("--all", action="store_true", help="all controller-backed modules: " + " ".join(ALL_MODULES))
+    ap.add_argument("--engine-cmd", help="engine command line to use instead of ipengine (default: $IPPX_ENGINE_CMD; none = stock ipengine)")
     ap.add_argument("--controller-cmd", help="controller command line (default: $IPPX_CONTROLLER_CMD or target/release/ippx-hub)")
     ap.add_argument("--timeout", type=int, default=120, help="per-test timeout in s (pytest-timeout; default 120)")
     ap.add_argument("--module-timeout", type=int, default=900, help="wall-clock limit per pytest process in s (default 900)")
@@ -605,7 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = (args.results_dir or RESULTS_DIR / stamp).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = proctools.new_marker("stock-")
+    engine = shlex.split(args.engine_cmd or os.environ.get("IPPX_ENGINE_CMD", "") or "")
     s = Settings(
+        engine_argv=engine,
         controller_argv=controller,
         tests_dir=tests_dir,
         run_dir=run_dir,
@@ -616,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         extra_pytest_args=args.pytest_arg,
     )
     Out.p(f"controller : {shlex.join(controller)}")
+    Out.p(f"engine     : {shlex.join(engine) if engine else 'stock ipengine'}")
     Out.p(f"python     : {sys.executable}")
     Out.p(f"stock tests: {tests_dir}")
     Out.p(f"results    : {rel(run_dir)}")
@@ -639,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             Out.p(f"!! final cleanup: could not kill {survivors}")
     total_secs = time.monotonic() - t_start
 
+    args.engine_cmd_used = bool(engine)
     return report(runs, expected, header, args, interrupted, total_secs)
 
 
@@ -648,7 +669,7 @@ def report(runs, expected, header, args, interrupted, total_secs) -> int:
     tot = dict(passed=0, failed=0, skipped=0, xfail=0, flaky=0, xpass=0, total=0)
 
     Out.p("")
-    hdr = f"{'module':<26}{'tests':>6}{'passed':>8}{'failed':>8}{'skipped':>9}{'xfail':>7}{'flaky':>7}{'ctl':>5}{'time':>8}"
+    hdr = f"{'module':<26}{'tests':>6}{'passed':>8}{'failed':>8}{'skipped':>9}{'xfail':>7}{'flaky':>7}{'ctl':>5}{'eng':>5}{'time':>8}"
     Out.p(hdr)
     Out.p("-" * len(hdr))
     for run in runs:
@@ -658,21 +679,28 @@ def report(runs, expected, header, args, interrupted, total_secs) -> int:
         flag = " TIMEOUT" if run.timed_out else ""
         Out.p(
             f"{run.module:<26}{c['total']:>6}{c['passed']:>8}{c['failed']:>8}{c['skipped']:>9}"
-            f"{c['xfail']:>7}{c['flaky']:>7}{run.controller_launches:>5}{run.duration:>7.0f}s{flag}"
+            f"{c['xfail']:>7}{c['flaky']:>7}{run.controller_launches:>5}{run.engine_launches:>5}{run.duration:>7.0f}s{flag}"
         )
         if c["passed"] + c["xpass"] > 0 and run.controller_launches == 0 and not run.selectors:
             harness_errors.append(
                 f"{run.module}: tests passed but no controller was launched through the shim "
                 "- the substitute controller may not have been tested"
             )
+        if args.engine_cmd_used and c["passed"] + c["xpass"] > 0 and run.engine_launches == 0 and not run.selectors:
+            harness_errors.append(
+                f"{run.module}: tests passed but no engine was launched through the shim "
+                "- the substitute engine may not have been tested"
+            )
         if run.survivors:
             harness_errors.append(f"{run.module}: processes survived cleanup: {run.survivors}")
     Out.p("-" * len(hdr))
     Out.p(
         f"{'total':<26}{tot['total']:>6}{tot['passed']:>8}{tot['failed']:>8}{tot['skipped']:>9}"
-        f"{tot['xfail']:>7}{tot['flaky']:>7}{'':>5}{total_secs:>7.0f}s"
+        f"{tot['xfail']:>7}{tot['flaky']:>7}{'':>5}{sum(r.engine_launches for r in runs):>5}{total_secs:>7.0f}s"
     )
-    Out.p("(ctl = controller launches via the shim; failed includes unexpected passes)")
+    Out.p("(ctl = controller launches via the shim, eng = engines launched as the substitute engine; failed includes unexpected passes)")
+    if args.engine_cmd_used:
+        Out.p(f"engines launched as the substitute engine: {sum(r.engine_launches for r in runs)}")
 
     details: list[TestResult] = []
     listed_seen: set[str] = set()

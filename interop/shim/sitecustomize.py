@@ -26,6 +26,8 @@ substitute - not the stock controller - was what the tests ran against).
 import os
 
 _CMD = os.environ.get("IPP_CONTROLLER_CMD", "").strip()
+# With IPP_ENGINE_CMD set too, engines are swapped the same way (e.g. for ippx-engine).
+_ENGINE_CMD = os.environ.get("IPP_ENGINE_CMD", "").strip()
 _TARGET = "ipyparallel.cluster.launcher"
 
 
@@ -52,8 +54,10 @@ def _patch(launcher):
 
     if getattr(launcher, "_ippx_shim_patched", False):
         return
-    substitute = shlex.split(_CMD)
+    # Without IPP_CONTROLLER_CMD the controller stays stock (only the engine is swapped);
+    # setup launches are then logged against the stock command line.
     stock = [sys.executable, "-m", "ipyparallel.controller"]
+    substitute = shlex.split(_CMD) if _CMD else list(launcher.ipcontroller_cmd_argv)
 
     # 1. stock test-suite setup(): module-level list, imported by reference
     launcher.ipcontroller_cmd_argv[:] = substitute
@@ -63,7 +67,9 @@ def _patch(launcher):
 
     def local_find_args_logged(self):
         args = list(local_find_args(self))
-        if args[: len(substitute)] == substitute and "ipyparallel.engine" not in args:
+        if args[: len(substitute)] == substitute and "ipyparallel.engine" not in args and not (
+            _ENGINE_CMD and args[: len(shlex.split(_ENGINE_CMD))] == shlex.split(_ENGINE_CMD)
+        ):
             _log(self, "setup", args)
         return args
 
@@ -74,12 +80,36 @@ def _patch(launcher):
 
     def ctl_find_args_substituted(self):
         args = list(ctl_find_args(self))
-        if args[: len(stock)] == stock:
+        if _CMD and args[: len(stock)] == stock:
             args = substitute + args[len(stock) :]
         _log(self, "cluster", args)
         return args
 
     launcher.LocalControllerLauncher.find_args = ctl_find_args_substituted
+
+    # 3. the engine, with $IPP_ENGINE_CMD: the test-suite's add_engines() and
+    # LocalEngineLauncher.engine_cmd (ipp.Cluster, ipcluster) both use this one list object
+    if _ENGINE_CMD:
+        engine_sub = shlex.split(_ENGINE_CMD)
+        launcher.ipengine_cmd_argv[:] = engine_sub
+        proc_find_args = launcher.LocalProcessLauncher.find_args
+
+        def proc_find_args_engine_logged(self):
+            args = list(proc_find_args(self))
+            if args[: len(engine_sub)] == engine_sub:
+                _log(self, "engine", args)
+            return args
+
+        launcher.LocalProcessLauncher.find_args = proc_find_args_engine_logged
+        eng_find_args = launcher.LocalEngineLauncher.find_args
+
+        def eng_find_args_logged(self):
+            args = list(eng_find_args(self))
+            if args[: len(engine_sub)] == engine_sub:
+                _log(self, "engine", args)
+            return args
+
+        launcher.LocalEngineLauncher.find_args = eng_find_args_logged
     launcher._ippx_shim_patched = True
 
 
@@ -118,7 +148,7 @@ def _install_hook():
         sys.meta_path.insert(0, _Finder())
 
 
-if _CMD:
+if _CMD or _ENGINE_CMD:
     try:
         _install_hook()
     except Exception as e:  # never break interpreter start-up
