@@ -193,6 +193,26 @@ class Controller:
             started.append(p)
         return started
 
+    def start_ippx_engines(self, n: int = 1, *extra_args: str) -> list[subprocess.Popen]:
+        """Start n ``ippx-engine``s (``$IPPX_ENGINE_BIN`` or target/release); no wait."""
+        exe = os.environ.get("IPPX_ENGINE_BIN") or str(REPO / "target" / "release" / "ippx-engine")
+        started = []
+        for _ in range(n):
+            i = len(self.engines)
+            p = self._spawn(
+                f"ippx-engine-{i}",
+                [
+                    exe,
+                    f"--profile-dir={self.profile_dir}",
+                    "--log-level=10",
+                    *([f"--cluster-id={self.cluster_id}"] if self.cluster_id else []),
+                    *extra_args,
+                ],
+            )  # fmt: skip
+            self.engines.append(p)
+            started.append(p)
+        return started
+
     def client(self, **kwargs):
         """A stock ``ipp.Client`` connected through the profile's client connection file."""
         import ipyparallel as ipp
