@@ -48,6 +48,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_max_level(a.log_level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     for s in &a.ignored {

@@ -186,7 +186,8 @@ impl Supervisor {
         tp::connect(&reg, &reg_url)?;
         let reply = register(&mut session, &reg, &uuid, args.id, args.reg_timeout)?;
         let id = reply.id as i64;
-        tracing::info!("registered as engine {id}; heartbeat period {} ms", reply.hb_period);
+        // ipengine's wording: launchers and tests look for this line in engine output.
+        tracing::info!("Completed registration with id {id} (heartbeat period {} ms)", reply.hb_period);
 
         // ipengine's order: shell, control, IOPub, (startup code), heart last.
         let shell = tp::socket(&ctx, SocketType::ROUTER, Some(uuid.as_bytes()))?;

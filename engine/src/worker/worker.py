@@ -17,6 +17,69 @@ import sys
 
 import _ippx_worker as _link  # native: recv() -> list[bytes], send(list[bytes])
 
+from ipyparallel.serialize import serialize_object, unpack_apply_message
+
+
+class _SerializedCython:
+    """Import hook: `%%cython` cells on many engines of one machine compile into one
+    shared cache directory at the same moment, and an engine that finds a module being
+    written by another can import half a file. The hook wraps the magic in an exclusive
+    file lock on that directory, so one engine compiles and the others find it built."""
+
+    target = "Cython.Build.IpythonMagic"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.target:
+            return None
+        import importlib.machinery
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        inner = spec.loader
+        hook = self
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):
+                return inner.create_module(spec)
+
+            def exec_module(self, module):
+                inner.exec_module(module)
+                hook.patch(module)
+
+        spec.loader = Loader()
+        return spec
+
+    @staticmethod
+    def patch(module):
+        import fcntl
+        import functools
+        magics = getattr(module, "CythonMagics", None)
+        if magics is None or not hasattr(magics, "cython"):
+            return
+        orig = magics.cython
+
+        @functools.wraps(orig)
+        def cython(self, line, cell):
+            lib_dir = os.path.join(module.get_ipython_cache_dir(), "cython")
+            os.makedirs(lib_dir, exist_ok=True)
+            with open(os.path.join(lib_dir, ".ippx-engine.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    return orig(self, line, cell)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+        magics.cython = cython
+        # the magic is registered from the class's method table
+        try:
+            magics.magics["cell"]["cython"] = "cython"
+        except Exception:
+            pass
+
+
+import importlib.abc  # noqa: E402
+sys.meta_path.insert(0, _SerializedCython())
+
 
 def _bytes(b):
     if isinstance(b, bytes):
@@ -187,7 +250,6 @@ class Worker:
         return content
 
     def apply(self, msg_id, bufs):
-        from ipyparallel.serialize import serialize_object, unpack_apply_message
         shell = self.shell
         try:
             working = shell.user_ns
