@@ -14,21 +14,12 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    fn url(interface: &str, port: u16) -> String {
-        // ipc:// URLs use '-' before the port (spec 2.3).
-        if interface.starts_with("ipc://") {
-            format!("{interface}-{port}")
-        } else {
-            format!("{interface}:{port}")
-        }
-    }
-
     pub fn engine_url(&self, port: u16) -> String {
-        Self::url(&self.engine.interface, port)
+        connection::url(&self.engine.interface, port)
     }
 
     pub fn client_url(&self, port: u16) -> String {
-        Self::url(&self.client.interface, port)
+        connection::url(&self.client.interface, port)
     }
 
     pub fn session_config(&self) -> Result<SessionConfig> {

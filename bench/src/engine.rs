@@ -13,6 +13,7 @@
 use crate::conn::Endpoints;
 use anyhow::Result;
 use ippx_protocol::datetime;
+use ippx_protocol::metadata::{EngineMetadata, ExecutionState, ReplyMetadata, RequestMetadata};
 use ippx_protocol::{Envelope, Parent, Session, Value};
 use ippx_transport::{self as tp, zmq, zmq::Message, zmq::Socket, zmq::SocketType};
 use serde::{Deserialize, Serialize};
@@ -53,30 +54,8 @@ struct MsgType {
 }
 
 #[derive(Serialize)]
-struct ReplyMeta<'a> {
-    started: &'a str,
-    dependencies_met: bool,
-    engine: &'a str,
-    is_broadcast: bool,
-    is_coalescing: bool,
-    original_msg_id: &'a str,
-    label: Option<&'a str>,
-    status: &'a str,
-}
-
-#[derive(Serialize)]
 struct StatusContent<'a> {
     status: &'a str,
-}
-
-#[derive(Serialize)]
-struct ExecState<'a> {
-    execution_state: &'a str,
-}
-
-#[derive(Serialize)]
-struct EngineMeta<'a> {
-    engine: &'a str,
 }
 
 /// Answers one message received on a shell socket. Returns whether it was a request.
@@ -100,23 +79,15 @@ pub fn answer(
     // As a kernel does: status busy, the reply, status idle.
     let publish_status = |session: &mut Session, execution_state: &str| -> Result<()> {
         if let Some((pub_sock, topic)) = iopub {
-            let (_, f) = session.serialize(vec![topic.to_vec()], "status", parent, &EngineMeta { engine: uuid }, &ExecState { execution_state }, vec![])?;
+            let (_, f) = session.serialize(vec![topic.to_vec()], "status", parent, &EngineMetadata { engine: uuid }, &ExecutionState { execution_state }, vec![])?;
             let _ = tp::send(pub_sock, f);
         }
         Ok(())
     };
     publish_status(session, "busy")?;
     let started = datetime::format_iso(&datetime::now());
-    let meta = ReplyMeta {
-        started: &started,
-        dependencies_met: true,
-        engine: uuid,
-        is_broadcast: false,
-        is_coalescing: false,
-        original_msg_id: "",
-        label: None,
-        status: "ok",
-    };
+    // The engines' reply-metadata contract, shared with ippx-engine (protocol::metadata).
+    let meta = ReplyMetadata::start(&RequestMetadata::default(), uuid, started);
     let idents: Vec<Vec<u8>> = env.idents().iter().map(|m| m.to_vec()).collect();
     let (_, f) = session.serialize(
         idents,

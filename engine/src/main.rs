@@ -4,6 +4,10 @@ use ippx_engine::worker_proc::WorkerSpec;
 use ippx_engine::{connect, supervisor::Supervisor, worker};
 use ippx_protocol::Session;
 
+// The supervisor allocates and frees small frames per message, as the controller does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn python_for(a: &args::EngineArgs) -> String {
     if let Some(p) = &a.python {
         return p.display().to_string();
