@@ -49,12 +49,21 @@ fn main() -> Result<()> {
         }
         Command::Run => {}
     }
-    tracing_subscriber::fmt()
-        .with_max_level(a.log_level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // In-process, fds 1/2 are Python's (captured for IOPub); the log keeps the original.
+    let inproc = if a.in_process {
+        Some(ippx_engine::worker_proc::in_process_stdio().context("redirecting stdio for --in-process")?)
+    } else {
+        None
+    };
+    let builder = tracing_subscriber::fmt().with_max_level(a.log_level).with_target(false).with_ansi(ansi);
+    match &inproc {
+        Some((_, _, _, log)) => {
+            let log = std::sync::Mutex::new(log.try_clone().context("log fd")?);
+            builder.with_writer(log).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
     for s in &a.ignored {
         tracing::warn!("ignoring unsupported option {s}");
     }
@@ -79,15 +88,42 @@ fn main() -> Result<()> {
         startup_script: a.startup_script.clone(),
         ..Default::default()
     };
-    let mut sup = match Supervisor::start(a, info, session, spec) {
-        Ok(s) => s,
-        Err(e @ ippx_engine::supervisor::EngineError::RegistrationTimeout(_)) => {
-            tracing::error!("{e}");
-            std::process::exit(255);
-        }
-        Err(e) => return Err(e).context("starting the engine"),
+    let run = move |inproc| -> Result<i32> {
+        let mut sup = match Supervisor::start(a, info, session, spec, inproc) {
+            Ok(s) => s,
+            Err(e @ ippx_engine::supervisor::EngineError::RegistrationTimeout(_)) => {
+                tracing::error!("{e}");
+                return Ok(255);
+            }
+            Err(e) => return Err(e).context("starting the engine"),
+        };
+        let code = sup.run();
+        tracing::info!("engine {} stopped (exit {code})", sup.id());
+        Ok(code)
     };
-    let code = sup.run();
-    tracing::info!("engine {} stopped (exit {code})", sup.id());
-    std::process::exit(code);
+    match inproc {
+        None => std::process::exit(run(None)?),
+        Some((sup_link, worker_link, out, _log)) => {
+            // Python on the main thread (MPI wants the rank to be the main process, and
+            // Python's signal handlers run only there); the supervisor on another thread,
+            // which exits the process when it stops.
+            ippx_engine::worker_proc::mask_python_signals(true);
+            std::thread::Builder::new().name("supervisor".into()).spawn(move || {
+                let code = match run(Some((sup_link, out))) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            })?;
+            ippx_engine::worker_proc::mask_python_signals(false);
+            let code = worker::serve(worker_link, false);
+            // Python's loop ended (the supervisor closed the link, or sys.exit): give the
+            // supervisor a moment to unregister, then leave.
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            std::process::exit(code);
+        }
+    }
 }

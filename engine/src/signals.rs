@@ -9,16 +9,18 @@ use std::os::unix::net::UnixStream;
 /// Handled: TERM/HUP stop the engine, INT interrupts a running request, the rest are
 /// forwarded to the worker (test_cluster sends SIGUSR1 to the engine's pid).
 pub const HANDLED: &[i32] = &[SIGTERM, SIGHUP, SIGINT, SIGUSR1, SIGUSR2, SIGQUIT, SIGWINCH];
+/// With Python in this process (`--in-process`), INT and USR1/USR2 are Python's.
+pub const HANDLED_IN_PROCESS: &[i32] = &[SIGTERM, SIGHUP, SIGQUIT];
 
 pub struct SignalPipe {
     rx: UnixStream,
 }
 
 impl SignalPipe {
-    pub fn install() -> std::io::Result<SignalPipe> {
+    pub fn install(forward: bool) -> std::io::Result<SignalPipe> {
         let (rx, mut tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
-        let mut signals = signal_hook::iterator::Signals::new(HANDLED)?;
+        let mut signals = signal_hook::iterator::Signals::new(if forward { HANDLED } else { HANDLED_IN_PROCESS })?;
         std::thread::Builder::new().name("signals".into()).spawn(move || {
             for sig in signals.forever() {
                 let _ = tx.write_all(&[sig as u8]);

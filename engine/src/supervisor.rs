@@ -116,6 +116,7 @@ pub struct Supervisor {
     out: [OutBuf; 2],
     last_parent: Vec<u8>,
     signals: crate::signals::SignalPipe,
+    worker_in_process: bool,
     pub stats: Stats,
 }
 
@@ -176,7 +177,15 @@ fn register(
 
 impl Supervisor {
     /// Connects, registers and starts the heart and the worker.
-    pub fn start(args: EngineArgs, info: EngineConnectionFile, mut session: Session, spec: WorkerSpec) -> Result<Supervisor, EngineError> {
+    /// `in_process`: the link and output pipes of a worker that runs on this process's main
+    /// thread (`--in-process`); otherwise a worker process is spawned.
+    pub fn start(
+        args: EngineArgs,
+        info: EngineConnectionFile,
+        mut session: Session,
+        spec: WorkerSpec,
+        in_process: Option<(std::os::unix::net::UnixStream, [std::io::PipeReader; 2])>,
+    ) -> Result<Supervisor, EngineError> {
         let uuid = session.session_id().to_owned();
         let ctx = zmq::Context::new();
         let reg = tp::socket(&ctx, SocketType::DEALER, Some(uuid.as_bytes()))?;
@@ -203,11 +212,15 @@ impl Supervisor {
         iopub.set_linger(1000)?;
         tp::connect(&iopub, &url(&info, info.iopub))?;
 
-        let signals = crate::signals::SignalPipe::install()?;
+        let signals = crate::signals::SignalPipe::install(in_process.is_none())?;
         let mut spec = spec;
         spec.engine_id = id;
         spec.uuid = uuid.clone();
-        let worker = WorkerProc::spawn(&spec)?;
+        let worker = match in_process {
+            Some((link, out)) => WorkerProc::in_process(&spec, link, out)?,
+            None => WorkerProc::spawn(&spec)?,
+        };
+        let worker_in_process = worker.is_in_process();
         let heart = Heart::start(&ctx, &url(&info, info.hb_ping), &url(&info, info.hb_pong), uuid.as_bytes())?;
         let watchdog = Watchdog::new(args.max_heartbeat_misses);
         Ok(Supervisor {
@@ -235,6 +248,7 @@ impl Supervisor {
             ],
             last_parent: Vec::new(),
             signals,
+            worker_in_process,
             stats: Stats::default(),
         })
     }
@@ -631,7 +645,7 @@ impl Supervisor {
         self.flush_output();
         self.worker = None;
         match (exit, self.args.restart_on_crash) {
-            (Exit::Signal(sig), true) => {
+            (Exit::Signal(sig), true) if !self.worker_in_process => {
                 let name = crate::signals::name(sig);
                 tracing::error!("worker killed by signal {sig} ({name}); restarting it");
                 if let Some(run) = self.running.take() {

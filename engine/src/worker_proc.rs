@@ -63,13 +63,14 @@ pub enum Exit {
 }
 
 pub struct WorkerProc {
-    child: Child,
+    /// None in `--in-process` mode: Python runs on this process's main thread.
+    child: Option<Child>,
     pub pid: u32,
     link: UnixStream,
     reader: ipc::Reader,
     pub writer: ipc::Writer,
     out: [PipeReader; 2],
-    _lifeline: PipeWriter,
+    _lifeline: Option<PipeWriter>,
     pub ready: bool,
 }
 
@@ -113,19 +114,45 @@ impl WorkerProc {
         set_nonblocking(out_r.as_raw_fd())?;
         set_nonblocking(err_r.as_raw_fd())?;
         let mut w = WorkerProc {
-            child,
+            child: Some(child),
             pid,
             link,
             reader: ipc::Reader::default(),
             writer: ipc::Writer::default(),
             out: [out_r, err_r],
-            _lifeline: life_w,
+            _lifeline: Some(life_w),
             ready: false,
         };
         let conf = serde_json::to_vec(&spec.init_conf()).map_err(std::io::Error::other)?;
         w.writer.push(&[b"init".as_slice(), &conf]);
         tracing::info!("started Python worker {pid} ({})", spec.python);
         Ok(w)
+    }
+
+    /// `--in-process`: the worker is this process's main thread, already serving `link`'s
+    /// other end; `out` are the read ends of the pipes now on fds 1 and 2.
+    pub fn in_process(spec: &WorkerSpec, link: UnixStream, out: [PipeReader; 2]) -> std::io::Result<WorkerProc> {
+        link.set_nonblocking(true)?;
+        for r in &out {
+            set_nonblocking(r.as_raw_fd())?;
+        }
+        let mut w = WorkerProc {
+            child: None,
+            pid: std::process::id(),
+            link,
+            reader: ipc::Reader::default(),
+            writer: ipc::Writer::default(),
+            out,
+            _lifeline: None,
+            ready: false,
+        };
+        let conf = serde_json::to_vec(&spec.init_conf()).map_err(std::io::Error::other)?;
+        w.writer.push(&[b"init".as_slice(), &conf]);
+        Ok(w)
+    }
+
+    pub fn is_in_process(&self) -> bool {
+        self.child.is_none()
     }
 
     /// (link, wants write), stdout, stderr: for the supervisor's poll.
@@ -184,7 +211,9 @@ impl WorkerProc {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; it is reaped only by us.
+        // SAFETY: kill(2) on our own child's pid (reaped only by us), or in-process on
+        // ourselves: every thread but Python's main thread blocks the signals Python
+        // handles, so the kernel delivers them to that thread and interrupts its sleep.
         let r = unsafe { libc::kill(self.pid as libc::pid_t, sig) };
         if r != 0 {
             tracing::warn!("signal {sig} to worker {}: {}", self.pid, std::io::Error::last_os_error());
@@ -192,10 +221,14 @@ impl WorkerProc {
     }
 
     fn reap(&mut self) -> Exit {
+        let Some(child) = self.child.as_mut() else {
+            // In-process: Python's main loop returned; nothing to wait for.
+            return Exit::Code(1);
+        };
         // The link closes as the worker dies; the exit status follows at once.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match self.child.try_wait() {
+            match child.try_wait() {
                 Ok(Some(st)) => {
                     return match (st.code(), st.signal()) {
                         (Some(c), _) => Exit::Code(c),
@@ -206,8 +239,9 @@ impl WorkerProc {
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
                 Ok(None) => {
                     // Closed its link but lives on: it is of no use any more.
-                    self.signal(libc::SIGKILL);
-                    let _ = self.child.wait();
+                    // SAFETY: kill(2) on our own child.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+                    let _ = child.wait();
                     return Exit::Signal(libc::SIGKILL);
                 }
                 Err(_) => return Exit::Code(1),
@@ -217,24 +251,70 @@ impl WorkerProc {
 
     /// Stops the worker: SIGTERM, then SIGKILL after a second.
     pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
+        let Some(child) = self.child.as_mut() else { return };
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        self.signal(libc::SIGTERM);
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+        let _ = child.wait();
     }
 }
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `--in-process` plumbing: fds 1 and 2 become pipes the supervisor reads (Python, C code
+/// and subprocesses print there, as from a worker process), and the log goes to a copy of
+/// the original stderr. Returns (supervisor's link end, worker's link end, pipe read
+/// ends, log file).
+pub fn in_process_stdio() -> std::io::Result<(UnixStream, UnixStream, [PipeReader; 2], std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: dup of our own stderr; the new fd is owned by the returned File.
+    let log_fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
+    if log_fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let log = unsafe { std::fs::File::from_raw_fd(log_fd) };
+    let (out_r, out_w) = std::io::pipe()?;
+    let (err_r, err_w) = std::io::pipe()?;
+    // SAFETY: dup2 onto this process's stdout/stderr; the pipe write ends are then closed
+    // (fds 1 and 2 keep the pipes open).
+    unsafe {
+        if libc::dup2(out_w.as_raw_fd(), 1) < 0 || libc::dup2(err_w.as_raw_fd(), 2) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    drop(out_w);
+    drop(err_w);
+    let (sup, worker) = UnixStream::pair()?;
+    Ok((sup, worker, [out_r, err_r], log))
+}
+
+/// Blocks (or unblocks) the signals Python handles in the calling thread; threads it
+/// starts afterwards inherit the mask. In `--in-process` mode every thread but Python's
+/// blocks them, so a process-directed SIGINT interrupts Python's `time.sleep`.
+pub fn mask_python_signals(block: bool) {
+    // SAFETY: sigset manipulation on a local set and pthread_sigmask for this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGWINCH] {
+            libc::sigaddset(&mut set, s);
+        }
+        let how = if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }

@@ -152,3 +152,27 @@ def test_output_from_c_and_subprocesses_reaches_the_client(ippx_controller):
     assert ar.get(timeout=10) == 5
     ar.wait_for_output(timeout=5)
     assert ar.stdout == "a\nü-multibyte\n"
+
+
+def test_in_process_runs_python_in_the_engine_process(ippx_controller):
+    (proc,) = ippx_controller.start_ippx_engines(1, "--in-process")
+    rc = ippx_controller.client()
+    rc.wait_for_engines(1, timeout=20)
+    v = rc[rc.ids[0]]
+    assert v.apply_sync(os.getpid) == proc.pid
+    ar = v.execute("import os; print('hi'); os.write(2, b'c-err\\n')", block=True)
+    assert ar.stdout == "hi\n" and ar.stderr == "c-err\n"
+    ar = v.apply_async(time.sleep, 10)
+    time.sleep(0.5)
+    rc.send_signal(signal.SIGINT, block=True)
+    with pytest.raises(ipp.error.RemoteError) as e:
+        ar.get(timeout=8)
+    assert e.value.ename == "KeyboardInterrupt"
+    assert v.apply_sync(interactive(lambda: 3)) == 3
+    # SIGTERM: unregisters and exits
+    proc.terminate()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while rc.ids and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rc.ids == []

@@ -153,14 +153,21 @@ fn exit_code(py: Python<'_>, e: &PyErr) -> Option<i32> {
     Some(code.extract::<i32>().unwrap_or(1))
 }
 
-/// Worker entry point; never returns.
+/// Worker entry point (`--ippx-worker`); never returns.
 pub fn run() -> ! {
     let link = unsafe { UnixStream::from_raw_fd(LINK_FD) };
+    std::process::exit(serve(link, true))
+}
+
+/// Reads the init message from `link`, initialises Python and runs the worker loop on
+/// this thread until the supervisor goes. Returns the exit status Python asked for.
+/// `lifeline`: watch fd 4 and unregister if the supervisor dies (worker processes).
+pub fn serve(link: UnixStream, lifeline_fd: bool) -> i32 {
     let out = match link.try_clone() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("ippx-engine worker: link: {e}");
-            std::process::exit(70);
+            return 70;
         }
     };
     let mut reader = link;
@@ -168,13 +175,15 @@ pub fn run() -> ! {
         Ok(Some(p)) if p.len() >= 2 && p[0] == b"init" => p,
         _ => {
             eprintln!("ippx-engine worker: no init message from the supervisor");
-            std::process::exit(70);
+            return 70;
         }
     };
     let conf: serde_json::Value = serde_json::from_slice(&init[1]).unwrap_or_default();
     let python = conf.get("python").and_then(|v| v.as_str()).unwrap_or("python3").to_owned();
-    let lconf = conf.clone();
-    let _ = std::thread::Builder::new().name("lifeline".into()).spawn(move || lifeline(lconf));
+    if lifeline_fd {
+        let lconf = conf.clone();
+        let _ = std::thread::Builder::new().name("lifeline".into()).spawn(move || lifeline(lconf));
+    }
     let _ = LINK_IN.set(Mutex::new(reader));
     let _ = LINK_OUT.set(Mutex::new(out));
     let _ = INIT.set(init);
@@ -182,7 +191,7 @@ pub fn run() -> ! {
     pyo3::append_to_inittab!(_ippx_worker);
     if let Err(e) = init_python(&python) {
         eprintln!("ippx-engine worker: {e}");
-        std::process::exit(71);
+        return 71;
     }
     let code = Python::attach(|py| -> i32 {
         let src = match CString::new(WORKER_PY) {
@@ -202,9 +211,9 @@ pub fn run() -> ! {
             },
         }
     });
-    // Flush Python's own streams and run atexit handlers before leaving.
+    // Flush Python's own streams before leaving.
     Python::attach(|py| {
         let _ = py.run(c"import sys\nfor s in (sys.stdout, sys.stderr):\n    try: s.flush()\n    except Exception: pass\n", None, None);
     });
-    std::process::exit(code)
+    code
 }
