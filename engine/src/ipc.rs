@@ -45,7 +45,7 @@ impl Reader {
     }
 
     /// The next complete message, if one is buffered.
-    pub fn next(&mut self) -> io::Result<Option<Parts>> {
+    pub fn next_message(&mut self) -> io::Result<Option<Parts>> {
         let b = &self.buf[self.pos..];
         if b.len() < 4 {
             return Ok(None);
@@ -157,7 +157,7 @@ mod tests {
         let mut got = Vec::new();
         for chunk in all.chunks(777) {
             r.fill(&mut &chunk[..]).expect("fill");
-            while let Some(m) = r.next().expect("next") {
+            while let Some(m) = r.next_message().expect("next") {
                 got.push(m);
             }
         }
@@ -175,6 +175,6 @@ mod tests {
     fn corrupt_header_is_an_error() {
         let mut r = Reader::default();
         r.fill(&mut &[0xff, 0xff, 0xff, 0xff][..]).expect("fill");
-        assert!(r.next().is_err());
+        assert!(r.next_message().is_err());
     }
 }

@@ -179,7 +179,7 @@ impl WorkerProc {
         };
         let mut msgs = Vec::new();
         loop {
-            match self.reader.next() {
+            match self.reader.next_message() {
                 Ok(Some(m)) => msgs.push(m),
                 Ok(None) => break,
                 Err(e) => {
