@@ -13,7 +13,6 @@ use crate::ipc;
 use crate::stats::Stats;
 use crate::worker_proc::{Exit, WorkerProc, WorkerSpec};
 use ippx_protocol::connection::{self, EngineConnectionFile};
-use ippx_protocol::content::RegistrationReply;
 use ippx_protocol::metadata::{EngineInfo, EngineMetadata, ExecutionState, ReplyMetadata, RequestMetadata, StreamContent};
 use ippx_protocol::{datetime, vmap, Envelope, Header, Parent, Session, Value};
 use ippx_transport::{self as tp, zmq, zmq::Message, zmq::Socket, zmq::SocketType};
@@ -136,7 +135,7 @@ fn register(
     uuid: &str,
     id: Option<i64>,
     timeout: Duration,
-) -> Result<RegistrationReply, EngineError> {
+) -> Result<Registered, EngineError> {
     let mut content = vmap! {"uuid" => uuid};
     if let Some(id) = id {
         content.insert("id", Value::Int(id));
@@ -171,8 +170,20 @@ fn register(
             let why = format!("{}: {}", v.get("ename").as_str().unwrap_or("error"), v.get("evalue").as_str().unwrap_or(""));
             return Err(EngineError::RegistrationRefused(why));
         }
-        return Ok(session.unpack(env.content_bytes())?);
+        // Only status, id and hb_period are read, as ipengine does (connection_info is
+        // ignored: the ports come from the engine's own connection info).
+        let (Some(id), Some(hb)) = (v.get("id").as_i64(), v.get("hb_period").as_f64()) else {
+            return Err(EngineError::RegistrationRefused(format!("malformed registration_reply: {v:?}")));
+        };
+        return Ok(Registered { id, hb_period_ms: hb.max(1.0) as u64 });
     }
+}
+
+/// What the engine takes from an ok `registration_reply`.
+#[derive(Clone, Copy, Debug)]
+struct Registered {
+    id: i64,
+    hb_period_ms: u64,
 }
 
 impl Supervisor {
@@ -194,9 +205,9 @@ impl Supervisor {
         tracing::info!("registering with the controller at {reg_url} (uuid {uuid})");
         tp::connect(&reg, &reg_url)?;
         let reply = register(&mut session, &reg, &uuid, args.id, args.reg_timeout)?;
-        let id = reply.id as i64;
+        let id = reply.id;
         // ipengine's wording: launchers and tests look for this line in engine output.
-        tracing::info!("Completed registration with id {id} (heartbeat period {} ms)", reply.hb_period);
+        tracing::info!("Completed registration with id {id} (heartbeat period {} ms)", reply.hb_period_ms);
 
         // ipengine's order: shell, control, IOPub, (startup code), heart last.
         let shell = tp::socket(&ctx, SocketType::ROUTER, Some(uuid.as_bytes()))?;
@@ -224,7 +235,7 @@ impl Supervisor {
         let heart = Heart::start(&ctx, &url(&info, info.hb_ping), &url(&info, info.hb_pong), uuid.as_bytes())?;
         let watchdog = Watchdog::new(args.max_heartbeat_misses);
         Ok(Supervisor {
-            hb_period: Duration::from_millis(reply.hb_period),
+            hb_period: Duration::from_millis(reply.hb_period_ms),
             args,
             session,
             uuid,
