@@ -177,13 +177,7 @@ impl Session {
         buffers: Vec<Vec<u8>>,
     ) -> Result<Vec<Vec<u8>>, PackError> {
         let h = self.pack(header)?;
-        let p = match parent {
-            Parent::None => self.pack(&Value::map())?,
-            Parent::Raw(raw) if self.pack == self.unpack => raw.to_vec(),
-            Parent::Raw(raw) => self.pack(&self.unpack::<Value>(raw)?)?,
-            Parent::Header(hd) => self.pack(hd)?,
-            Parent::Value(v) => self.pack(v)?,
-        };
+        let p = self.pack_parent(parent)?;
         let m = self.pack(metadata)?;
         let c = self.pack(content)?;
         Ok(self.frame(idents, [h, p, m, c], buffers))
@@ -202,15 +196,21 @@ impl Session {
     ) -> Result<(Header, Vec<Vec<u8>>), PackError> {
         let header = self.new_header(msg_type);
         let h = self.pack(&header)?;
-        let p = match parent {
+        let p = self.pack_parent(parent)?;
+        let m = self.pack(metadata)?;
+        Ok((header, self.frame(idents, [h, p, m, content], buffers)))
+    }
+
+    /// The parent_header frame: a raw header is echoed byte for byte when it was packed
+    /// with our packer, and re-packed otherwise.
+    fn pack_parent(&self, parent: Parent<'_>) -> Result<Vec<u8>, PackError> {
+        Ok(match parent {
             Parent::None => self.pack(&Value::map())?,
             Parent::Raw(raw) if self.pack == self.unpack => raw.to_vec(),
             Parent::Raw(raw) => self.pack(&self.unpack::<Value>(raw)?)?,
             Parent::Header(hd) => self.pack(hd)?,
             Parent::Value(v) => self.pack(v)?,
-        };
-        let m = self.pack(metadata)?;
-        Ok((header, self.frame(idents, [h, p, m, content], buffers)))
+        })
     }
 
     /// Signature and replay check, in Python's order. `replay` is off for internal copies
