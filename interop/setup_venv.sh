@@ -103,7 +103,10 @@ if satisfied 2>/dev/null; then
 else
     [[ -n "$fresh" ]] || satisfied || true
     log "installing pinned requirements into $venv"
-    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$req"
+    # rpy2 builds from source: ABI mode only (the cffi module loads libR.so at run time).
+    # Its API mode would link against R and need R's -dev libraries (pcre2, lzma, icu, ...);
+    # left to itself it tries that first and falls back, depending on what is installed.
+    RPY2_CFFI_MODE=ABI "$venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$req"
     if ! satisfied; then
         log "pins still not satisfied after pip install"; exit 1
     fi
