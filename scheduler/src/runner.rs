@@ -405,14 +405,18 @@ impl Scheduler {
             if ready[2] {
                 self.drain_query();
             }
+            // Control before MUX: a client's `clear()` sent just before an execute usually
+            // arrives in the same poll as it, and must reach the engine first (the engine
+            // takes control before shell as well). It cannot be made certain: the two
+            // travel on separate connections.
+            if ready[5] {
+                self.drain_direct(Direct::CtlIn);
+            }
             if ready[3] {
                 self.drain_direct(Direct::MuxIn);
             }
             if ready[4] {
                 self.drain_direct(Direct::MuxOut);
-            }
-            if ready[5] {
-                self.drain_direct(Direct::CtlIn);
             }
             if ready[6] {
                 self.drain_direct(Direct::CtlOut);
