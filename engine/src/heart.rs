@@ -20,7 +20,12 @@ pub struct Heart {
 }
 
 impl Heart {
-    pub fn start(ctx: &zmq::Context, ping_url: &str, pong_url: &str, identity: &[u8]) -> Result<Heart, crate::supervisor::EngineError> {
+    pub fn start(
+        ctx: &zmq::Context,
+        ping_url: &str,
+        pong_url: &str,
+        identity: &[u8],
+    ) -> Result<Heart, crate::supervisor::EngineError> {
         let sub = tp::socket(ctx, SocketType::SUB, None)?;
         sub.set_subscribe(b"")?;
         tp::connect(&sub, ping_url)?;
@@ -47,9 +52,11 @@ impl Heart {
                         }
                     }
                 }
-            })
-            ?;
-        Ok(Heart { state, thread: Some(thread) })
+            })?;
+        Ok(Heart {
+            state,
+            thread: Some(thread),
+        })
     }
 
     pub fn stop(&mut self) {
@@ -76,7 +83,11 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn new(max_misses: u32) -> Self {
-        Watchdog { max_misses, last_count: 0, misses: 0 }
+        Watchdog {
+            max_misses,
+            last_count: 0,
+            misses: 0,
+        }
     }
 
     /// One check with the current ping count; true when the engine should give up.

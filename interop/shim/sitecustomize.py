@@ -57,6 +57,7 @@ def _patch(launcher):
     # Without IPP_CONTROLLER_CMD the controller stays stock (only the engine is swapped);
     # setup launches are then logged against the stock command line.
     stock = [sys.executable, "-m", "ipyparallel.controller"]
+    engine_sub = shlex.split(_ENGINE_CMD) if _ENGINE_CMD else []
     substitute = shlex.split(_CMD) if _CMD else list(launcher.ipcontroller_cmd_argv)
 
     # 1. stock test-suite setup(): module-level list, imported by reference
@@ -68,7 +69,7 @@ def _patch(launcher):
     def local_find_args_logged(self):
         args = list(local_find_args(self))
         if args[: len(substitute)] == substitute and "ipyparallel.engine" not in args and not (
-            _ENGINE_CMD and args[: len(shlex.split(_ENGINE_CMD))] == shlex.split(_ENGINE_CMD)
+            engine_sub and args[: len(engine_sub)] == engine_sub
         ):
             _log(self, "setup", args)
         return args
@@ -89,27 +90,24 @@ def _patch(launcher):
 
     # 3. the engine, with $IPP_ENGINE_CMD: the test-suite's add_engines() and
     # LocalEngineLauncher.engine_cmd (ipp.Cluster, ipcluster) both use this one list object
-    if _ENGINE_CMD:
-        engine_sub = shlex.split(_ENGINE_CMD)
+    if engine_sub:
         launcher.ipengine_cmd_argv[:] = engine_sub
-        proc_find_args = launcher.LocalProcessLauncher.find_args
 
-        def proc_find_args_engine_logged(self):
-            args = list(proc_find_args(self))
-            if args[: len(engine_sub)] == engine_sub:
-                _log(self, "engine", args)
-            return args
+        def log_engine_launches(cls):
+            # the test-suite's engines come through LocalProcessLauncher.find_args,
+            # Cluster's through LocalEngineLauncher's own override
+            inner = cls.find_args
 
-        launcher.LocalProcessLauncher.find_args = proc_find_args_engine_logged
-        eng_find_args = launcher.LocalEngineLauncher.find_args
+            def find_args(self):
+                args = list(inner(self))
+                if args[: len(engine_sub)] == engine_sub:
+                    _log(self, "engine", args)
+                return args
 
-        def eng_find_args_logged(self):
-            args = list(eng_find_args(self))
-            if args[: len(engine_sub)] == engine_sub:
-                _log(self, "engine", args)
-            return args
+            cls.find_args = find_args
 
-        launcher.LocalEngineLauncher.find_args = eng_find_args_logged
+        log_engine_launches(launcher.LocalProcessLauncher)
+        log_engine_launches(launcher.LocalEngineLauncher)
     launcher._ippx_shim_patched = True
 
 

@@ -39,10 +39,15 @@ mod _ippx_worker {
     /// Blocks without the GIL. The first call returns the init message.
     #[pyfunction]
     fn recv(py: Python<'_>) -> PyResult<Option<Bound<'_, PyList>>> {
-        let parts = if let Some(init) = INIT.get().filter(|_| !INIT_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst)) {
+        let parts = if let Some(init) = INIT
+            .get()
+            .filter(|_| !INIT_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst))
+        {
             Some(init.clone())
         } else {
-            let link = LINK_IN.get().ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
+            let link = LINK_IN
+                .get()
+                .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
             py.detach(|| {
                 let mut s = link.lock().unwrap_or_else(|p| p.into_inner());
                 ipc::read_blocking(&mut *s)
@@ -52,7 +57,8 @@ mod _ippx_worker {
         match parts {
             None => Ok(None),
             Some(parts) => {
-                let items: Vec<Bound<'_, PyBytes>> = parts.iter().map(|p| PyBytes::new(py, p)).collect();
+                let items: Vec<Bound<'_, PyBytes>> =
+                    parts.iter().map(|p| PyBytes::new(py, p)).collect();
                 Ok(Some(PyList::new(py, items)?))
             }
         }
@@ -62,7 +68,9 @@ mod _ippx_worker {
     #[pyfunction]
     fn send(py: Python<'_>, parts: Vec<Vec<u8>>) -> PyResult<()> {
         let frame = ipc::encode(&parts);
-        let link = LINK_OUT.get().ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
+        let link = LINK_OUT
+            .get()
+            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
         py.detach(|| {
             let mut s = link.lock().unwrap_or_else(|p| p.into_inner());
             s.write_all(&frame)
@@ -87,7 +95,11 @@ fn lifeline(conf: serde_json::Value) {
         }
     }
     // Told to stop on purpose (the supervisor wrote "q") or orphaned: either way, leave.
-    if conf.get("unregister_on_orphan").and_then(|v| v.as_bool()).unwrap_or(true) {
+    if conf
+        .get("unregister_on_orphan")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true)
+    {
         let _ = unregister(&conf);
     }
     unsafe { libc::_exit(1) };
@@ -105,7 +117,14 @@ fn unregister(conf: &serde_json::Value) -> Option<()> {
     let _ = sock.set_linger(1000);
     ippx_transport::connect(&sock, url).ok()?;
     let (_, frames) = session
-        .serialize(vec![], "unregistration_request", Parent::None, &Value::map(), &ippx_protocol::vmap! {"id" => id}, vec![])
+        .serialize(
+            vec![],
+            "unregistration_request",
+            Parent::None,
+            &Value::map(),
+            &ippx_protocol::vmap! {"id" => id},
+            vec![],
+        )
         .ok()?;
     ippx_transport::send(&sock, frames).ok()?;
     drop(sock);
@@ -120,12 +139,14 @@ fn init_python(python: &str) -> Result<(), String> {
         pyo3::ffi::PyConfig_InitPythonConfig(&mut config);
         config.install_signal_handlers = 1;
         config.parse_argv = 0;
-        let st = pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, c.as_ptr());
+        let st =
+            pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, c.as_ptr());
         if pyo3::ffi::PyStatus_Exception(st) != 0 {
             pyo3::ffi::PyConfig_Clear(&mut config);
             return Err("PyConfig program_name".into());
         }
-        let st = pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, c.as_ptr());
+        let st =
+            pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, c.as_ptr());
         if pyo3::ffi::PyStatus_Exception(st) != 0 {
             pyo3::ffi::PyConfig_Clear(&mut config);
             return Err("PyConfig executable".into());
@@ -179,10 +200,16 @@ pub fn serve(link: UnixStream, lifeline_fd: bool) -> i32 {
         }
     };
     let conf: serde_json::Value = serde_json::from_slice(&init[1]).unwrap_or_default();
-    let python = conf.get("python").and_then(|v| v.as_str()).unwrap_or("python3").to_owned();
+    let python = conf
+        .get("python")
+        .and_then(|v| v.as_str())
+        .unwrap_or("python3")
+        .to_owned();
     if lifeline_fd {
         let lconf = conf.clone();
-        let _ = std::thread::Builder::new().name("lifeline".into()).spawn(move || lifeline(lconf));
+        let _ = std::thread::Builder::new()
+            .name("lifeline".into())
+            .spawn(move || lifeline(lconf));
     }
     let _ = LINK_IN.set(Mutex::new(reader));
     let _ = LINK_OUT.set(Mutex::new(out));
