@@ -5,6 +5,9 @@
 //! must warn rather than fail (spec 7.2). Everything funnels into [`apply_trait`], so a
 //! trait set on the command line and in the config file behave the same.
 
+use ippx_protocol::Packer;
+use ippx_scheduler::runner::TaskMode;
+use ippx_telemetry::logging::LogFormat;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,13 +66,13 @@ pub struct HubConfig {
     pub ports: Vec<u16>,
     pub engine_ports: Vec<u16>,
     pub client_ports: Vec<u16>,
-    pub scheme: String,
+    pub scheme: TaskMode,
     pub hwm: usize,
     pub broadcast_depth: u32,
     pub reuse: bool,
     pub restore: bool,
-    pub packer: String,
-    pub unpacker: Option<String>,
+    pub packer: Packer,
+    pub unpacker: Option<Packer>,
     pub key: Option<String>,
     pub keyfile: Option<PathBuf>,
     pub secure: bool,
@@ -103,7 +106,7 @@ pub struct HubConfig {
     /// address with port + 1 when `--metrics-addr` is set).
     pub scheduler_metrics_addr: Option<String>,
     /// `--log-format=text|json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// `--config=PATH`: an `ippx.toml` (or, ending in `.py`, an `ipcontroller_config.py`).
     pub config_file: Option<PathBuf>,
     pub scheduler_cmd: Option<PathBuf>,
@@ -131,12 +134,12 @@ impl Default for HubConfig {
             ports: Vec::new(),
             engine_ports: Vec::new(),
             client_ports: Vec::new(),
-            scheme: "leastload".into(),
+            scheme: TaskMode::Balanced(ippx_scheduler::task::Scheme::LeastLoad),
             hwm: 1,
             broadcast_depth: 1,
             reuse: false,
             restore: false,
-            packer: "msgpack".into(),
+            packer: Packer::Msgpack,
             unpacker: None,
             key: None,
             keyfile: None,
@@ -157,7 +160,7 @@ impl Default for HubConfig {
             scheduler_mode: SchedulerMode::Thread,
             metrics_addr: None,
             scheduler_metrics_addr: None,
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             config_file: None,
             scheduler_cmd: None,
             warnings: Vec::new(),
@@ -229,7 +232,12 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
     let v = unquote(raw);
     let trait_name = name.rsplit('.').next().unwrap_or(name);
     match name {
-        "HeartMonitor.period" => cfg.ping_ms = parse_num(name, &v)?,
+        "HeartMonitor.period" => {
+            cfg.ping_ms = parse_num(name, &v)?;
+            if cfg.ping_ms == 0 {
+                return Err(CliError(format!("--{name}: must be positive")));
+            }
+        }
         "HeartMonitor.max_heartmonitor_misses" => cfg.max_misses = parse_num(name, &v)?,
         "IPController.ip" => {
             cfg.engine_ip.clone_from(&v);
@@ -245,7 +253,12 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
         "IPController.ports" => cfg.ports = parse_ports(name, &v)?,
         "IPController.engine_ports" => cfg.engine_ports = parse_ports(name, &v)?,
         "IPController.client_ports" => cfg.client_ports = parse_ports(name, &v)?,
-        "IPController.broadcast_scheduler_depth" => cfg.broadcast_depth = parse_num(name, &v)?,
+        "IPController.broadcast_scheduler_depth" => {
+            cfg.broadcast_depth = parse_num(name, &v)?;
+            if !(1..=8).contains(&cfg.broadcast_depth) {
+                return Err(CliError(format!("--{name}: must be between 1 and 8")));
+            }
+        }
         "IPController.registration_timeout" => cfg.registration_timeout = Some(parse_num(name, &v)?),
         "IPController.reuse_files" => cfg.reuse = parse_bool(name, &v)?,
         "IPController.restore_engines" => cfg.restore = parse_bool(name, &v)?,
@@ -253,19 +266,23 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
             cfg.db = db_from_class(&v).ok_or_else(|| CliError(format!("--{name}: unsupported db class {v:?} (DictDB, SQLiteDB or NoDB)")))?
         }
         "TaskScheduler.scheme_name" => {
-            check_scheme(&v).map_err(|e| CliError(format!("--{name}: {e}")))?;
-            cfg.scheme = v;
+            cfg.scheme = v.parse().map_err(|e| CliError(format!("--{name}: {e}")))?;
         }
         "TaskScheduler.hwm" => cfg.hwm = parse_num(name, &v)?,
-        "Session.packer" => cfg.packer = v,
-        "Session.unpacker" => cfg.unpacker = Some(v),
+        "Session.packer" => cfg.packer = v.parse().map_err(|e| CliError(format!("--{name}: {e}")))?,
+        "Session.unpacker" => cfg.unpacker = Some(v.parse().map_err(|e| CliError(format!("--{name}: {e}")))?),
         "Session.key" => cfg.key = Some(v.trim_start_matches("b'").trim_end_matches('\'').to_owned()),
         "Session.keyfile" => cfg.keyfile = Some(PathBuf::from(v)),
         "Session.signature_scheme" => cfg.signature_scheme = v,
         "Session.username" => cfg.username = Some(v),
         "DictDB.record_limit" => cfg.record_limit = parse_num(name, &v)?,
         "DictDB.size_limit" => cfg.size_limit = parse_num(name, &v)?,
-        "DictDB.cull_fraction" => cfg.cull_fraction = parse_num(name, &v)?,
+        "DictDB.cull_fraction" => {
+            cfg.cull_fraction = parse_num(name, &v)?;
+            if !(0.0..=1.0).contains(&cfg.cull_fraction) {
+                return Err(CliError(format!("--{name}: must be between 0 and 1")));
+            }
+        }
         "SQLiteDB.filename" => cfg.sqlite_filename = v,
         "SQLiteDB.location" => cfg.sqlite_location = (!v.is_empty()).then(|| PathBuf::from(v)),
         "SQLiteDB.table" => cfg.sqlite_table = v,
@@ -281,6 +298,11 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
         "ProfileDir.location" => cfg.profile_dir = Some(PathBuf::from(v)),
         "BaseIPythonApplication.ipython_dir" => cfg.ipython_dir = Some(PathBuf::from(v)),
         "Application.log_level" | "IPController.log_level" => cfg.log_level = v,
+        // ippx's own settings, named as traits so that every layer parses them here.
+        "IPPX.log_format" => cfg.log_format = v.parse().map_err(|e| CliError(format!("--log-format: {e}")))?,
+        "IPPX.scheduler_mode" => cfg.scheduler_mode = v.parse().map_err(|e| CliError(format!("--scheduler-mode: {e}")))?,
+        "IPPX.metrics_addr" => cfg.metrics_addr = Some(parse_addr("metrics-addr", &v)?),
+        "IPPX.scheduler_metrics_addr" => cfg.scheduler_metrics_addr = Some(parse_addr("scheduler-metrics-addr", &v)?),
         _ if trait_name == "log_level" => cfg.log_level = v,
         _ => return Ok(false),
     }
@@ -381,23 +403,14 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
             cfg.config_file = Some(PathBuf::from(take_value(&mut i)?));
             continue;
         }
-        if name == "metrics-addr" {
-            cfg.metrics_addr = Some(parse_addr(name, &take_value(&mut i)?)?);
-            continue;
-        }
-        if name == "scheduler-metrics-addr" {
-            cfg.scheduler_metrics_addr = Some(parse_addr(name, &take_value(&mut i)?)?);
-            continue;
-        }
-        if name == "scheduler-mode" {
-            let v = take_value(&mut i)?;
-            cfg.scheduler_mode = v.parse().map_err(|e| CliError(format!("--scheduler-mode: {e}")))?;
-            continue;
-        }
-        if name == "log-format" {
-            let v = take_value(&mut i)?;
-            v.parse::<ippx_telemetry::logging::LogFormat>().map_err(|e| CliError(format!("--log-format: {e}")))?;
-            cfg.log_format = v;
+        if let Some(t) = match name {
+            "metrics-addr" => Some("IPPX.metrics_addr"),
+            "scheduler-metrics-addr" => Some("IPPX.scheduler_metrics_addr"),
+            "scheduler-mode" => Some("IPPX.scheduler_mode"),
+            "log-format" => Some("IPPX.log_format"),
+            _ => None,
+        } {
+            apply_trait(cfg, t, &take_value(&mut i)?)?;
             continue;
         }
         if IGNORED_ALIASES.contains(&name) {
@@ -427,14 +440,41 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
     Ok(Action::Run)
 }
 
-/// The task schemes `--scheme` accepts.
-pub const SCHEMES: &[&str] = &["leastload", "lru", "twobin", "weighted", "plainrandom", "pure", "none"];
-
-pub fn check_scheme(s: &str) -> Result<(), String> {
-    if SCHEMES.contains(&s.to_ascii_lowercase().as_str()) {
+impl HubConfig {
+    /// Checks across settings, after every layer is applied (each value was checked by
+    /// [`apply_trait`] as it was set, whichever layer set it).
+    pub fn validate(&self) -> Result<(), CliError> {
+        if let Some(u) = self.unpacker {
+            if u != self.packer {
+                return Err(CliError("Session.packer and Session.unpacker must name the same format".into()));
+            }
+        }
         Ok(())
-    } else {
-        Err(format!("unknown scheme {s:?} (one of {})", SCHEMES.join(", ")))
+    }
+
+    /// The store this configuration asks for; `profile_dir` is where the SQLite file
+    /// goes unless `--SQLiteDB.location` says otherwise (stock's default too).
+    pub fn store_config(&self, profile_dir: &Path, batch_seconds: prometheus_client::metrics::histogram::Histogram) -> crate::store::StoreConfig {
+        use crate::store::{sqlite::SqliteConfig, StoreConfig};
+        match self.db {
+            DbBackend::Dict => StoreConfig::Memory(crate::records::Limits {
+                record_limit: self.record_limit,
+                size_limit: self.size_limit,
+                cull_fraction: self.cull_fraction,
+            }),
+            DbBackend::None => StoreConfig::None,
+            DbBackend::Sqlite => {
+                let dir = self.sqlite_location.clone().unwrap_or_else(|| profile_dir.to_path_buf());
+                let mut c = SqliteConfig::new(dir.join(&self.sqlite_filename));
+                c.table.clone_from(&self.sqlite_table);
+                c.max_age = (self.sqlite_max_age > 0.0).then(|| std::time::Duration::from_secs_f64(self.sqlite_max_age));
+                c.max_records = (self.sqlite_max_records > 0).then_some(self.sqlite_max_records);
+                c.max_bytes = (self.sqlite_max_bytes > 0).then_some(self.sqlite_max_bytes);
+                c.synchronous = self.sqlite_synchronous;
+                c.batch_seconds = Some(batch_seconds);
+                StoreConfig::Sqlite(c)
+            }
+        }
     }
 }
 
@@ -528,7 +568,12 @@ pub fn tracing_level(level: &str) -> &'static str {
     }
 }
 
-pub const HELP: &str = "\
+/// `--help`: [`HELP`] with the scheme names filled in from the scheme type.
+pub fn help() -> String {
+    HELP.replace("{schemes}", &TaskMode::names().join(", "))
+}
+
+const HELP: &str = "\
 ippx-hub: a Rust IPython Parallel controller, command-line compatible with ipcontroller.
 
 Usage: ippx-hub [options]
@@ -550,7 +595,7 @@ Usage: ippx-hub [options]
   --SQLiteDB.max_age=SECONDS, --SQLiteDB.max_records=N, --SQLiteDB.max_bytes=BYTES
                           SQLite retention (0 = off; max_bytes defaults to 1 GiB)
   --SQLiteDB.synchronous=off|normal|full   durability of commits (default normal)
-  --scheme=NAME           leastload, lru, twobin, weighted, plainrandom, pure, none
+  --scheme=NAME           {schemes}
   --hwm=N                 tasks an engine may hold (default 1, 0 = unlimited)
   --reuse, --restore      reuse connection files / restore engines after a crash
   --Session.packer=NAME   msgpack (default) or json
@@ -599,7 +644,7 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(c.engine_ip, "0.0.0.0");
-        assert_eq!(c.packer, "json");
+        assert_eq!(c.packer, Packer::Json);
         assert_eq!(c.broadcast_depth, 2);
         assert_eq!(c.db, DbBackend::None);
         assert!(c.warnings.iter().any(|w| w.contains("Foo.bar")));

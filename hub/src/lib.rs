@@ -1,14 +1,14 @@
 //! ippx hub. The decision logic (`registry`, `heart`, `records`, `hub`) is pure and
-//! unit-tested without sockets; `server` is the socket loop and process plumbing.
+//! unit-tested without sockets; `controller` binds the sockets, starts the scheduler and
+//! runs the hub's socket loop ([`controller::run`] is the whole controller).
 
 pub mod cli;
+pub mod controller;
 pub mod heart;
 pub mod hub;
 pub mod metrics;
 pub mod profile;
-pub mod query;
 pub mod records;
 pub mod registry;
-pub mod server;
 pub mod settings;
 pub mod store;

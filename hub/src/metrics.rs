@@ -3,7 +3,7 @@
 //! counts into metric updates. Label values come from fixed sets so that cardinality
 //! stays bounded whatever peers send.
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Request};
 use ippx_telemetry::labels::{OutcomeLabel, QueueLabel, ReasonLabel};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,21 +19,9 @@ pub struct MessageLabel {
     pub msg_type: String,
 }
 
-/// Message types we label by name; anything else is `other`.
-const KNOWN_TYPES: &[&str] = &[
-    "connection_request",
-    "registration_request",
-    "unregistration_request",
-    "queue_request",
-    "result_request",
-    "history_request",
-    "db_request",
-    "purge_request",
-    "resubmit_request",
-    "shutdown_request",
-    "load_request",
-    "become_dask_request",
-    "stop_distributed_request",
+/// Message types we label by name besides the hub's own requests ([`Request::TYPES`]):
+/// what engines and relays send. Anything else is `other`.
+const OTHER_KNOWN_TYPES: &[&str] = &[
     "apply_request",
     "apply_reply",
     "execute_request",
@@ -55,7 +43,7 @@ const KNOWN_TYPES: &[&str] = &[
 pub const REASONS: &[&str] = &["bad_signature", "malformed", "replay", "unknown"];
 
 pub fn type_label(msg_type: &str) -> &'static str {
-    KNOWN_TYPES.iter().find(|t| **t == msg_type).copied().unwrap_or("other")
+    Request::TYPES.iter().map(|(t, _)| *t).chain(OTHER_KNOWN_TYPES.iter().copied()).find(|t| *t == msg_type).unwrap_or("other")
 }
 
 type Histograms = Family<QueueLabel, Histogram, fn() -> Histogram>;
@@ -80,17 +68,13 @@ pub struct HubMetrics {
     store_errors: Counter,
     store_records: Gauge,
     store_bytes: Gauge,
+    /// Commit time of each SQLite write batch, observed by the store's writer thread
+    /// (handed to it through `SqliteConfig::batch_seconds`).
+    sqlite_batch: Histogram,
     /// Counts already exported, so that each sync adds only the difference.
     seen: BTreeMap<String, u64>,
 }
 
-/// Commit time of each SQLite write batch. A process-wide handle because the SQLite
-/// writer runs on its own thread, created deep inside the store; the metric is only
-/// ever observed there and registered once by [`HubMetrics::register`].
-pub fn sqlite_batch_seconds() -> &'static Histogram {
-    static H: std::sync::OnceLock<Histogram> = std::sync::OnceLock::new();
-    H.get_or_init(|| Histogram::new(exponential_buckets(20e-6, 2.0, 20)))
-}
 
 fn latency_buckets() -> Histogram {
     // 50 µs … ~100 s
@@ -125,8 +109,14 @@ impl HubMetrics {
             store_errors: Counter::default(),
             store_records: Gauge::default(),
             store_bytes: Gauge::default(),
+            sqlite_batch: Histogram::new(exponential_buckets(20e-6, 2.0, 20)),
             seen: BTreeMap::new(),
         }
+    }
+
+    /// The SQLite write-batch histogram, for the store's configuration.
+    pub fn sqlite_batch_seconds(&self) -> Histogram {
+        self.sqlite_batch.clone()
     }
 
     pub fn register(&self, registry: &mut Registry) {
@@ -156,7 +146,7 @@ impl HubMetrics {
         r.register("store_errors", "Store failures", self.store_errors.clone());
         r.register("store_records", "Task records held by the in-memory store", self.store_records.clone());
         r.register_with_unit("store", "Bytes of buffers held by the in-memory store", Unit::Bytes, self.store_bytes.clone());
-        r.register_with_unit("sqlite_write_batch", "Commit time of SQLite write batches", Unit::Seconds, sqlite_batch_seconds().clone());
+        r.register_with_unit("sqlite_write_batch", "Commit time of SQLite write batches", Unit::Seconds, self.sqlite_batch.clone());
         for reason in REASONS {
             let _ = self.dropped.get_or_create(&ReasonLabel { reason: (*reason).into() });
         }

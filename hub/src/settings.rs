@@ -124,67 +124,50 @@ fn err(key: &str, reason: impl std::fmt::Display) -> CliError {
     CliError(format!("invalid config: {key}: {reason}"))
 }
 
+/// Sets `key` (a TOML key, for the error) through the trait `name`, so the file, the
+/// environment and the command line share every parse and check ([`cli::apply_trait`]).
+fn put(cfg: &mut HubConfig, key: &str, name: &str, v: Option<impl ToString>) -> Result<(), CliError> {
+    if let Some(v) = v {
+        cli::apply_trait(cfg, name, &v.to_string()).map_err(|e| err(key, e.0.split_once(": ").map_or(e.0.as_str(), |(_, r)| r)))?;
+    }
+    Ok(())
+}
+
 impl FileLayer {
     /// Applies every value present onto `cfg`, checking each as the command line would.
     pub fn apply(self, cfg: &mut HubConfig) -> Result<(), CliError> {
         let c = self.controller;
-        if let Some(v) = c.ip {
-            cli::apply_trait(cfg, "IPController.ip", &v).map_err(|e| err("controller.ip", e))?;
-        }
-        set(&mut cfg.engine_ip, c.engine_ip);
-        set(&mut cfg.client_ip, c.client_ip);
-        if c.location.is_some() {
-            cfg.location = c.location;
-        }
-        set(&mut cfg.transport, c.transport);
-        for (key, ports, slot) in [
-            ("controller.ports", c.ports, &mut cfg.ports),
-            ("controller.engine_ports", c.engine_ports, &mut cfg.engine_ports),
-            ("controller.client_ports", c.client_ports, &mut cfg.client_ports),
+        put(cfg, "controller.ip", "IPController.ip", c.ip)?;
+        put(cfg, "controller.engine_ip", "IPController.engine_ip", c.engine_ip)?;
+        put(cfg, "controller.client_ip", "IPController.client_ip", c.client_ip)?;
+        put(cfg, "controller.location", "IPController.location", c.location)?;
+        put(cfg, "controller.transport", "IPController.transport", c.transport)?;
+        for (key, name, ports) in [
+            ("controller.ports", "IPController.ports", c.ports),
+            ("controller.engine_ports", "IPController.engine_ports", c.engine_ports),
+            ("controller.client_ports", "IPController.client_ports", c.client_ports),
         ] {
-            match ports {
-                Some(Ports::Text(t)) => *slot = cli::parse_ports(key, &t).map_err(|e| err(key, e))?,
-                Some(Ports::List(l)) => *slot = l,
-                None => {}
-            }
+            let text = ports.map(|p| match p {
+                Ports::Text(t) => t,
+                Ports::List(l) => l.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+            });
+            put(cfg, key, name, text)?;
         }
-        if let Some(s) = c.scheme {
-            cli::check_scheme(&s).map_err(|e| err("controller.scheme", e))?;
-            cfg.scheme = s;
-        }
-        set(&mut cfg.hwm, c.hwm);
-        if let Some(d) = c.broadcast_depth {
-            if !(1..=8).contains(&d) {
-                return Err(err("controller.broadcast_depth", "must be between 1 and 8"));
-            }
-            cfg.broadcast_depth = d;
-        }
-        if c.registration_timeout.is_some() {
-            cfg.registration_timeout = c.registration_timeout;
-        }
+        put(cfg, "controller.scheme", "TaskScheduler.scheme_name", c.scheme)?;
+        put(cfg, "controller.hwm", "TaskScheduler.hwm", c.hwm)?;
+        put(cfg, "controller.broadcast_depth", "IPController.broadcast_scheduler_depth", c.broadcast_depth)?;
+        put(cfg, "controller.registration_timeout", "IPController.registration_timeout", c.registration_timeout)?;
         set(&mut cfg.no_scheduler, c.no_scheduler);
-        if let Some(m) = c.scheduler_mode {
-            cfg.scheduler_mode = m.parse().map_err(|e| err("controller.scheduler_mode", e))?;
-        }
+        put(cfg, "controller.scheduler_mode", "IPPX.scheduler_mode", c.scheduler_mode)?;
 
-        set(&mut cfg.ping_ms, self.heartbeat.period_ms);
-        if cfg.ping_ms == 0 {
-            return Err(err("heartbeat.period_ms", "must be positive"));
-        }
-        set(&mut cfg.max_misses, self.heartbeat.max_misses);
+        put(cfg, "heartbeat.period_ms", "HeartMonitor.period", self.heartbeat.period_ms)?;
+        put(cfg, "heartbeat.max_misses", "HeartMonitor.max_heartmonitor_misses", self.heartbeat.max_misses)?;
 
         let s = self.session;
-        if let Some(p) = s.packer {
-            p.parse::<ippx_protocol::Packer>().map_err(|e| err("session.packer", e))?;
-            cfg.packer = p;
-        }
-        set(&mut cfg.signature_scheme, s.signature_scheme);
-        if s.key.is_some() {
-            cfg.key = s.key;
-        }
-        if s.keyfile.is_some() {
-            cfg.keyfile = s.keyfile;
-        }
+        put(cfg, "session.packer", "Session.packer", s.packer)?;
+        put(cfg, "session.signature_scheme", "Session.signature_scheme", s.signature_scheme)?;
+        put(cfg, "session.key", "Session.key", s.key)?;
+        put(cfg, "session.keyfile", "Session.keyfile", s.keyfile.map(|p| p.display().to_string()))?;
 
         let st = self.store;
         if let Some(b) = st.backend {
@@ -195,30 +178,18 @@ impl FileLayer {
                 other => return Err(err("store.backend", format!("{other:?} is not one of dict, sqlite, none"))),
             };
         }
-        set(&mut cfg.record_limit, st.record_limit);
-        set(&mut cfg.size_limit, st.size_limit);
-        if let Some(f) = st.cull_fraction {
-            if !(0.0..=1.0).contains(&f) {
-                return Err(err("store.cull_fraction", "must be between 0 and 1"));
-            }
-            cfg.cull_fraction = f;
-        }
-        set(&mut cfg.sqlite_filename, st.sqlite_filename);
-        set(&mut cfg.sqlite_max_age, st.sqlite_max_age);
-        set(&mut cfg.sqlite_max_records, st.sqlite_max_records);
-        set(&mut cfg.sqlite_max_bytes, st.sqlite_max_bytes);
+        put(cfg, "store.record_limit", "DictDB.record_limit", st.record_limit)?;
+        put(cfg, "store.size_limit", "DictDB.size_limit", st.size_limit)?;
+        put(cfg, "store.cull_fraction", "DictDB.cull_fraction", st.cull_fraction)?;
+        put(cfg, "store.sqlite_filename", "SQLiteDB.filename", st.sqlite_filename)?;
+        put(cfg, "store.sqlite_max_age", "SQLiteDB.max_age", st.sqlite_max_age)?;
+        put(cfg, "store.sqlite_max_records", "SQLiteDB.max_records", st.sqlite_max_records)?;
+        put(cfg, "store.sqlite_max_bytes", "SQLiteDB.max_bytes", st.sqlite_max_bytes)?;
 
-        set(&mut cfg.log_level, self.log.level);
-        if let Some(f) = self.log.format {
-            f.parse::<ippx_telemetry::logging::LogFormat>().map_err(|e| err("log.format", e))?;
-            cfg.log_format = f;
-        }
-        if let Some(a) = self.metrics.addr {
-            cfg.metrics_addr = Some(cli::parse_addr("metrics.addr", &a).map_err(|e| err("metrics.addr", e))?);
-        }
-        if let Some(a) = self.metrics.scheduler_addr {
-            cfg.scheduler_metrics_addr = Some(cli::parse_addr("metrics.scheduler_addr", &a).map_err(|e| err("metrics.scheduler_addr", e))?);
-        }
+        put(cfg, "log.level", "Application.log_level", self.log.level)?;
+        put(cfg, "log.format", "IPPX.log_format", self.log.format)?;
+        put(cfg, "metrics.addr", "IPPX.metrics_addr", self.metrics.addr)?;
+        put(cfg, "metrics.scheduler_addr", "IPPX.scheduler_metrics_addr", self.metrics.scheduler_addr)?;
         Ok(())
     }
 }
@@ -274,7 +245,7 @@ pub fn flatten(c: &HubConfig) -> BTreeMap<&'static str, String> {
     m.insert("controller.ports", ports(&c.ports));
     m.insert("controller.engine_ports", ports(&c.engine_ports));
     m.insert("controller.client_ports", ports(&c.client_ports));
-    m.insert("controller.scheme", c.scheme.clone());
+    m.insert("controller.scheme", c.scheme.to_string());
     m.insert("controller.hwm", c.hwm.to_string());
     m.insert("controller.broadcast_depth", c.broadcast_depth.to_string());
     m.insert("controller.registration_timeout", c.registration_timeout.map(|t| t.to_string()).unwrap_or_default());
@@ -284,7 +255,7 @@ pub fn flatten(c: &HubConfig) -> BTreeMap<&'static str, String> {
     m.insert("controller.restore", c.restore.to_string());
     m.insert("heartbeat.period_ms", c.ping_ms.to_string());
     m.insert("heartbeat.max_misses", c.max_misses.to_string());
-    m.insert("session.packer", c.packer.clone());
+    m.insert("session.packer", c.packer.to_string());
     m.insert("session.signature_scheme", c.signature_scheme.clone());
     m.insert("session.key", if c.key.as_deref().is_some_and(|k| !k.is_empty()) { "<set>".into() } else { String::new() });
     m.insert("session.keyfile", c.keyfile.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
@@ -303,7 +274,7 @@ pub fn flatten(c: &HubConfig) -> BTreeMap<&'static str, String> {
     m.insert("store.sqlite_max_records", c.sqlite_max_records.to_string());
     m.insert("store.sqlite_max_bytes", c.sqlite_max_bytes.to_string());
     m.insert("log.level", c.log_level.clone());
-    m.insert("log.format", c.log_format.clone());
+    m.insert("log.format", c.log_format.to_string());
     m.insert("metrics.addr", opt(&c.metrics_addr));
     m.insert("metrics.scheduler_addr", cli::scheduler_metrics_addr(c).unwrap_or_default());
     m
@@ -360,6 +331,7 @@ pub fn load(args: &[String], vars: &[(String, String)]) -> Result<Loaded, CliErr
     mark(&cfg, "env IPPX_*", &mut sources);
     cli::parse_args(&mut cfg, &args)?;
     mark(&cfg, "command line", &mut sources);
+    cfg.validate()?;
     Ok(Loaded { cfg, action, print_config, sources })
 }
 

@@ -1,7 +1,7 @@
 //! The hub's query socket over recorded traffic: result, history, db, purge and resubmit
 //! requests (spec 4.3), against the memory, SQLite and no-op stores.
 
-use ippx_hub::hub::{Hub, HubOut, HubSettings, MonitorMsg};
+use ippx_hub::hub::{Hub, HubOut, HubSettings, MonitorMsg, Now};
 use ippx_hub::records::Limits;
 use ippx_hub::registry::EngineState;
 use ippx_hub::store::sqlite::{SqliteConfig, SqliteStore};
@@ -11,34 +11,15 @@ use ippx_protocol::datetime::parse_iso;
 use ippx_protocol::{vmap, Header, Packer, Session, SessionConfig, Value};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::session;
+
 fn settings(nodb: bool) -> HubSettings {
     settings_with(nodb, Limits::default())
 }
 
 fn settings_with(nodb: bool, limits: Limits) -> HubSettings {
-    HubSettings {
-        hb_period: Duration::from_millis(100),
-        max_misses: 2,
-        registration_timeout: Duration::from_secs(1),
-        engine_ports: EnginePorts {
-            interface: "tcp://127.0.0.1".into(),
-            registration: 1,
-            control: 2,
-            mux: 3,
-            task: 4,
-            iopub: 5,
-            hb_ping: 6,
-            hb_pong: 7,
-            broadcast: vec![8],
-        },
-        packer: Packer::Msgpack,
-        limits,
-        nodb,
-    }
-}
-
-fn session() -> Session {
-    Session::new(SessionConfig::new(b"key".to_vec(), Packer::Msgpack)).expect("session")
+    common::settings(nodb, limits, vec![8])
 }
 
 fn list(ids: &[&str]) -> Value {
@@ -51,12 +32,12 @@ struct Cluster {
     client: Session,
     engine: Session,
     sched: Session,
-    now: Instant,
+    now: Now,
 }
 
 impl Cluster {
     fn new(hub: Hub) -> Cluster {
-        let mut c = Cluster { hub, client: session(), engine: session(), sched: session(), now: Instant::now() };
+        let mut c = Cluster { hub, client: session(), engine: session(), sched: session(), now: Now::system() };
         c.register("e0");
         c.register("e1");
         c
@@ -65,7 +46,7 @@ impl Cluster {
     fn restored(mut hub: Hub) -> Cluster {
         let state = EngineState { engines: [("0".to_owned(), "e0".to_owned()), ("1".to_owned(), "e1".to_owned())].into(), next_id: 2 };
         hub.restore(&state);
-        Cluster { hub, client: session(), engine: session(), sched: session(), now: Instant::now() }
+        Cluster { hub, client: session(), engine: session(), sched: session(), now: Now::system() }
     }
 
     fn register(&mut self, uuid: &str) {

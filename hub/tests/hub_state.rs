@@ -1,33 +1,17 @@
 //! The hub state machine without sockets: messages in, `HubOut`s out.
 
-use ippx_hub::hub::{Hub, HubOut, HubSettings, MonitorMsg};
+use ippx_hub::hub::{Hub, HubOut, HubSettings, MonitorMsg, Now};
 use ippx_hub::records::Limits;
 use ippx_protocol::content::EnginePorts;
 use ippx_protocol::{vmap, EngineId, Header, Packer, Parent, Session, SessionConfig, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PERIOD: Duration = Duration::from_millis(100);
 
+mod common;
+
 fn settings() -> HubSettings {
-    HubSettings {
-        hb_period: PERIOD,
-        max_misses: 2,
-        registration_timeout: Duration::from_secs(1),
-        engine_ports: EnginePorts {
-            interface: "tcp://127.0.0.1".into(),
-            registration: 1,
-            control: 2,
-            mux: 3,
-            task: 4,
-            iopub: 5,
-            hb_ping: 6,
-            hb_pong: 7,
-            broadcast: vec![8, 9],
-        },
-        packer: Packer::Msgpack,
-        limits: Limits::default(),
-        nodb: false,
-    }
+    common::settings(false, Limits::default(), vec![8, 9])
 }
 
 struct Peer {
@@ -36,7 +20,7 @@ struct Peer {
 
 impl Peer {
     fn new() -> Self {
-        Peer { s: Session::new(SessionConfig::new(b"key".to_vec(), Packer::Msgpack)).expect("session") }
+        Peer { s: common::session() }
     }
     /// (header, packed header, packed content)
     fn msg(&mut self, msg_type: &str, content: &Value) -> (Header, Vec<u8>, Vec<u8>) {
@@ -47,7 +31,7 @@ impl Peer {
     }
 }
 
-fn query(hub: &mut Hub, peer: &mut Peer, msg_type: &str, content: Value, now: Instant) -> Vec<HubOut> {
+fn query(hub: &mut Hub, peer: &mut Peer, msg_type: &str, content: Value, now: Now) -> Vec<HubOut> {
     let (h, hb, cb) = peer.msg(msg_type, &content);
     let mut out = Vec::new();
     hub.query(vec![b"client".to_vec()], &h, &hb, &cb, now, &mut out);
@@ -70,7 +54,7 @@ fn last_ping(out: &[HubOut]) -> Vec<u8> {
 }
 
 /// Registers engine `uuid` and completes it with a pong.
-fn register(hub: &mut Hub, peer: &mut Peer, uuid: &str, now: Instant) -> u64 {
+fn register(hub: &mut Hub, peer: &mut Peer, uuid: &str, now: Now) -> u64 {
     let out = query(hub, peer, "registration_request", vmap! {"uuid" => uuid}, now);
     let c = reply_content(&out, "registration_reply");
     assert_eq!(c.get("status").as_str(), Some("ok"), "{c:?}");
@@ -85,8 +69,8 @@ fn register(hub: &mut Hub, peer: &mut Peer, uuid: &str, now: Instant) -> u64 {
 
 #[test]
 fn registration_completes_on_first_pong_and_notifies() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut engine = Peer::new();
     let out = query(&mut hub, &mut engine, "registration_request", vmap! {"uuid" => "e0"}, t0);
     let c = reply_content(&out, "registration_reply");
@@ -109,8 +93,8 @@ fn registration_completes_on_first_pong_and_notifies() {
 
 #[test]
 fn duplicate_uuid_gets_an_error_reply() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut p = Peer::new();
     register(&mut hub, &mut p, "e0", t0);
     let out = query(&mut hub, &mut p, "registration_request", vmap! {"uuid" => "e0"}, t0);
@@ -121,8 +105,8 @@ fn duplicate_uuid_gets_an_error_reply() {
 
 #[test]
 fn stopped_heart_unregisters_with_notification() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut p = Peer::new();
     register(&mut hub, &mut p, "e0", t0);
     let mut all = Vec::new();
@@ -137,8 +121,8 @@ fn stopped_heart_unregisters_with_notification() {
 
 #[test]
 fn nanny_unregistration_sends_no_reply() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut p = Peer::new();
     let id = register(&mut hub, &mut p, "e0", t0);
     let out = query(&mut hub, &mut Peer::new(), "unregistration_request", vmap! {"id" => id as i64}, t0);
@@ -150,8 +134,8 @@ fn nanny_unregistration_sends_no_reply() {
 
 #[test]
 fn queue_request_with_no_engines_and_bad_targets() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut c = Peer::new();
     let out = query(&mut hub, &mut c, "queue_request", vmap! {"targets" => Value::Nil, "verbose" => false}, t0);
     assert_eq!(reply_content(&out, "queue_reply"), vmap! {"status" => "ok", "unassigned" => 0i64});
@@ -163,8 +147,8 @@ fn queue_request_with_no_engines_and_bad_targets() {
 
 #[test]
 fn unknown_query_gets_hub_error() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let out = query(&mut hub, &mut Peer::new(), "frobnicate_request", Value::map(), t0);
     let c = reply_content(&out, "hub_error");
     assert_eq!(c.get("evalue").as_str(), Some("Bad Message Type: 'frobnicate_request'"));
@@ -173,8 +157,8 @@ fn unknown_query_gets_hub_error() {
 
 #[test]
 fn shutdown_request_replies_notifies_and_stops() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let out = query(&mut hub, &mut Peer::new(), "shutdown_request", Value::map(), t0);
     assert!(matches!(&out[..], [HubOut::Reply { .. }, HubOut::Notify { msg_type: "shutdown_notification", .. }, HubOut::Shutdown]));
 }
@@ -197,8 +181,8 @@ impl Direct {
 
 #[test]
 fn mux_traffic_feeds_queue_status_and_results() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut reg = Peer::new();
     register(&mut hub, &mut reg, "e0", t0);
     let mut d = Direct { client: Peer::new(), engine: Peer::new() };
@@ -255,8 +239,8 @@ fn mux_traffic_feeds_queue_status_and_results() {
 
 #[test]
 fn stranded_direct_requests_become_engine_errors() {
-    let t0 = Instant::now();
-    let mut hub = Hub::new(settings(), t0);
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
     let mut reg = Peer::new();
     register(&mut hub, &mut reg, "e0", t0);
     let mut d = Direct { client: Peer::new(), engine: Peer::new() };

@@ -1,7 +1,7 @@
 //! The `db_request` query matcher against stock `DictDB` semantics (spec 6.3), operator by
 //! operator, including the quirks the spec keeps and the ones it asks us to fix.
 
-use ippx_hub::query::Query;
+use ippx_hub::store::query::Query;
 use ippx_hub::records::TaskRecord;
 use ippx_protocol::datetime::parse_iso;
 use ippx_protocol::{vmap, Value};

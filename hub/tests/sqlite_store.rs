@@ -1,7 +1,7 @@
 //! The SQLite store: exact round trips through the file, read-your-writes while commits
 //! are pending, retention, layout coexistence, and durability across `kill -9`.
 
-use ippx_hub::query::{Op, Query, Q};
+use ippx_hub::store::query::{Op, Query, Q};
 use ippx_hub::records::{Field, Fields, TaskRecord};
 use ippx_hub::store::sqlite::{SqliteConfig, SqliteStore};
 use ippx_hub::store::{Missing, Store};

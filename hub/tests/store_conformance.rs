@@ -1,7 +1,7 @@
 //! ipyparallel's `test_db.py` (the DictDB/SQLiteDB unit tests), ported to the `Store`
 //! trait and run against both backends; plus DictDB's culling tests for the memory store.
 
-use ippx_hub::query::{Op, Query, Q};
+use ippx_hub::store::query::{Op, Query, Q};
 use ippx_hub::records::{Field, Fields, Limits, TaskRecord};
 use ippx_hub::store::memory::MemStore;
 use ippx_hub::store::sqlite::{SqliteConfig, SqliteStore};

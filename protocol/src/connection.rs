@@ -147,11 +147,20 @@ pub fn url(interface: &str, port: u16) -> String {
     }
 }
 
+/// The URL a process on this machine dials to reach a socket it bound itself on `ip`
+/// with `transport`: a wildcard address (`0.0.0.0`, `*`) is dialled on loopback.
+pub fn local_url(transport: &str, ip: &str, port: u16) -> String {
+    let ip = if ip == "0.0.0.0" || ip == "*" { "127.0.0.1" } else { ip };
+    url(&format!("{transport}://{ip}"), port)
+}
+
 #[cfg(test)]
 mod url_tests {
     #[test]
     fn tcp_and_ipc_urls() {
         assert_eq!(super::url("tcp://127.0.0.1", 5), "tcp://127.0.0.1:5");
+        assert_eq!(super::local_url("tcp", "0.0.0.0", 7), "tcp://127.0.0.1:7");
+        assert_eq!(super::local_url("ipc", "/tmp/x", 7), "ipc:///tmp/x-7");
         assert_eq!(super::url("ipc:///tmp/x", 5), "ipc:///tmp/x-5");
     }
 }

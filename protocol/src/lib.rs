@@ -9,6 +9,7 @@ pub mod header;
 pub mod idset;
 pub mod ids;
 pub mod metadata;
+pub mod monitor;
 pub mod packer;
 pub mod session;
 pub mod signing;
@@ -16,7 +17,8 @@ pub mod value;
 pub mod wire;
 
 pub use header::Header;
-pub use ids::{EngineId, MsgId};
+pub use ids::EngineId;
+pub use monitor::MonitorTopic;
 pub use packer::Packer;
 pub use session::{Parent, Session, SessionConfig};
 pub use signing::Signer;

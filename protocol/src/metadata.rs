@@ -26,6 +26,21 @@ pub struct RequestMetadata {
     pub retries: Value,
 }
 
+/// The part of any engine's reply metadata a scheduler reads. Loose `Value`s: stock
+/// engines, ippx-engine and older ipyparallel versions all answer, and a missing
+/// `dependencies_met` means they were met (Python's `md.get('dependencies_met', True)`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ReplyStatus {
+    #[serde(default = "met")]
+    pub dependencies_met: Value,
+    #[serde(default)]
+    pub status: Value,
+}
+
+fn met() -> Value {
+    Value::Bool(true)
+}
+
 /// `engine_info` of an error reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EngineInfo {

@@ -236,6 +236,19 @@ impl Session {
         Ok(self.unpack(env.header_bytes())?)
     }
 
+    /// Python's `Session.deserialize` unpacks all four dicts before any handler runs, so a
+    /// frame that does not unpack is an error whatever the handler would read: this is
+    /// that check for the three dicts after the header ([`Session::header`] does that one).
+    /// On failure, names the part and the error.
+    pub fn check_dicts<F: Deref<Target = [u8]>>(&self, env: &Envelope<F>) -> Result<(), (&'static str, PackError)> {
+        for (part, bytes) in [("parent_header", env.parent_bytes()), ("metadata", env.metadata_bytes()), ("content", env.content_bytes())] {
+            if let Err(e) = self.unpack::<crate::Value>(bytes) {
+                return Err((part, e));
+            }
+        }
+        Ok(())
+    }
+
     /// Splits, checks and decodes the header: what every receiving loop does first.
     pub fn receive<F: Deref<Target = [u8]>>(
         &mut self,

@@ -2,6 +2,7 @@
 //! frames in and give frames out; `runner` is the only place that touches sockets.
 
 pub mod broadcast;
+pub mod link;
 pub mod relay;
 pub mod runner;
 pub mod task;

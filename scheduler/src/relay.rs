@@ -4,6 +4,7 @@
 //! keeps the sender's signature valid for the engine or client that checks it.
 
 use ippx_protocol::wire::{find_delim, DELIM};
+use ippx_protocol::MonitorTopic;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
@@ -50,9 +51,9 @@ pub fn check_message<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<
 }
 
 /// `[topic] + frames`, the monitor copy format the hub reads (spec 5.7).
-pub fn monitor_copy<F: std::ops::Deref<Target = [u8]>>(topic: &[u8], frames: &[F]) -> Vec<Vec<u8>> {
+pub fn monitor_copy<F: std::ops::Deref<Target = [u8]>>(topic: MonitorTopic, frames: &[F]) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(frames.len() + 1);
-    out.push(topic.to_vec());
+    out.push(topic.as_bytes().to_vec());
     out.extend(frames.iter().map(|f| f.to_vec()));
     out
 }
@@ -103,7 +104,7 @@ mod tests {
     #[test]
     fn monitor_copy_prefixes_topic() {
         let m = msg(&[b"engine", b"client"]);
-        let c = monitor_copy(b"in", &m);
+        let c = monitor_copy(MonitorTopic::MuxRequest, &m);
         assert_eq!(c[0], b"in".to_vec());
         assert_eq!(&c[1..], &m[..]);
     }

@@ -7,9 +7,9 @@ use crate::relay;
 use crate::task::{Scheme, TaskConfig, TaskOutbox, TaskScheduler};
 use crate::Counters;
 use ippx_protocol::content::EngineNotification;
-use ippx_protocol::{Parent, Session, SessionConfig, Value};
-use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver, Waker};
-use serde::Serialize;
+use ippx_protocol::{MonitorTopic, Parent, Session, SessionConfig, Value};
+use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver};
+use crate::link::{BoundPorts, MonitorLink, MonitorTx, RelayPorts};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -23,32 +23,34 @@ pub enum TaskMode {
     None,
 }
 
+impl TaskMode {
+    /// Every name `--scheme` accepts: the schemes, then `pure` and `none`.
+    pub fn names() -> Vec<&'static str> {
+        let mut v = Scheme::names();
+        v.extend(["pure", "none"]);
+        v
+    }
+}
+
 impl std::str::FromStr for TaskMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
+        match s.trim().to_ascii_lowercase().as_str() {
             "pure" => Ok(TaskMode::Pure),
             "none" => Ok(TaskMode::None),
-            other => other.parse::<Scheme>().map(TaskMode::Balanced).map_err(|_| format!("unknown scheme {s:?}")),
+            other => other.parse::<Scheme>().map(TaskMode::Balanced).map_err(|_| format!("unknown scheme {s:?} (one of {})", TaskMode::names().join(", "))),
         }
     }
 }
 
-/// Ports to bind; 0 means "let the OS choose".
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct RelayPorts {
-    pub control: u16,
-    pub mux: u16,
-    pub task: u16,
-    pub iopub: u16,
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct BoundPorts {
-    pub engine: RelayPorts,
-    pub client: RelayPorts,
-    pub engine_broadcast: Vec<u16>,
-    pub client_broadcast: u16,
+impl std::fmt::Display for TaskMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskMode::Balanced(s) => f.write_str(s.name()),
+            TaskMode::Pure => f.write_str("pure"),
+            TaskMode::None => f.write_str("none"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -72,48 +74,6 @@ pub struct SchedulerConfig {
     pub task_mode: TaskMode,
     pub hwm: usize,
     pub stranded_delay: Duration,
-}
-
-/// How monitor copies (`[topic, frames..]`) reach the hub.
-pub enum MonitorLink {
-    /// A PUB connected to the hub's monitor SUB (a separate process).
-    Url(String),
-    /// The hub runs in this process: copies go through a channel, and the hub's loop is
-    /// woken once per batch rather than once per message.
-    Channel(MonitorTx),
-}
-
-impl std::fmt::Debug for MonitorLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MonitorLink::Url(u) => write!(f, "Url({u})"),
-            MonitorLink::Channel(_) => f.write_str("Channel"),
-        }
-    }
-}
-
-/// The scheduler's end of an in-process monitor link.
-pub struct MonitorTx {
-    pub tx: std::sync::mpsc::Sender<Vec<Vec<u8>>>,
-    /// Set by us when we wake the hub, cleared by the hub before it drains the channel:
-    /// while it is set the hub is known to be coming, and no wake-up is sent.
-    pub signalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub waker: Waker,
-}
-
-/// The hub's end of an in-process monitor link.
-pub struct MonitorRx {
-    pub rx: std::sync::mpsc::Receiver<Vec<Vec<u8>>>,
-    pub signalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub wake: WakeReceiver,
-}
-
-/// An in-process monitor link (both ends); `name` must be unique within the context.
-pub fn monitor_channel(ctx: &zmq::Context, name: &str) -> anyhow::Result<(MonitorTx, MonitorRx)> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (waker, wake) = tp::waker(ctx, name)?;
-    Ok((MonitorTx { tx, signalled: signalled.clone(), waker }, MonitorRx { rx, signalled, wake }))
 }
 
 enum Monitor {
@@ -164,6 +124,23 @@ impl Monitor {
         }
         None
     }
+}
+
+/// Where each socket sits in the poll list ([`Sockets::poll_list`]); the broadcast
+/// leaves follow [`slot::LEAVES`].
+mod slot {
+    pub const STOP: usize = 0;
+    pub const NOTIF: usize = 1;
+    pub const QUERY: usize = 2;
+    pub const MUX_IN: usize = 3;
+    pub const MUX_OUT: usize = 4;
+    pub const CTL_IN: usize = 5;
+    pub const CTL_OUT: usize = 6;
+    pub const IOPUB: usize = 7;
+    pub const TASK_IN: usize = 8;
+    pub const TASK_OUT: usize = 9;
+    pub const BCAST_ROOT: usize = 10;
+    pub const LEAVES: usize = 11;
 }
 
 struct Sockets {
@@ -229,6 +206,16 @@ impl Rx {
 
 fn frames_of(msgs: Vec<zmq::Message>) -> Vec<Vec<u8>> {
     msgs.into_iter().map(|m| m.to_vec()).collect()
+}
+
+impl Sockets {
+    /// The sockets the loop reads, in [`slot`] order.
+    fn poll_list<'a>(&'a self, stop: &'a WakeReceiver) -> Vec<&'a zmq::Socket> {
+        let mut list = Vec::with_capacity(slot::LEAVES + self.bcast_leaves.len());
+        list.extend([stop.socket(), &self.notif, &self.query, &self.mux_in, &self.mux_out, &self.ctl_in, &self.ctl_out, &self.iopub_sub, &self.task_in, &self.task_out, &self.bcast_root]);
+        list.extend(self.bcast_leaves.iter());
+        list
+    }
 }
 
 impl Scheduler {
@@ -329,24 +316,7 @@ impl Scheduler {
             warn!("cannot send connection_request to the hub: {e}");
         }
         info!(?self.ports, mode = ?self.cfg.task_mode, "scheduler running");
-        let mut poller = {
-            let s = &self.socks;
-            let mut list: Vec<&zmq::Socket> = vec![
-                stop.socket(),
-                &s.notif,
-                &s.query,
-                &s.mux_in,
-                &s.mux_out,
-                &s.ctl_in,
-                &s.ctl_out,
-                &s.iopub_sub,
-                &s.task_in,
-                &s.task_out,
-                &s.bcast_root,
-            ];
-            list.extend(s.bcast_leaves.iter());
-            tp::Poller::new(&list)?
-        };
+        let mut poller = tp::Poller::new(&self.socks.poll_list(&stop))?;
         loop {
             let s = &self.socks;
             let monitor_due = s.monitor.flush();
@@ -356,22 +326,8 @@ impl Scheduler {
                 .flatten()
                 .map(|d| tp::ceil_ms(d.saturating_duration_since(now)))
                 .fold(1000, i64::min);
-            let mut list: Vec<&zmq::Socket> = vec![
-                stop.socket(),
-                &s.notif,
-                &s.query,
-                &s.mux_in,
-                &s.mux_out,
-                &s.ctl_in,
-                &s.ctl_out,
-                &s.iopub_sub,
-                &s.task_in,
-                &s.task_out,
-                &s.bcast_root,
-            ];
-            list.extend(s.bcast_leaves.iter());
-            let ready = poller.poll(&list, timeout)?;
-            if ready[0] {
+            let ready = poller.poll(&s.poll_list(&stop), timeout)?;
+            if ready[slot::STOP] {
                 stop.drain();
                 info!("scheduler stopping");
                 return Ok(self.counters);
@@ -384,57 +340,57 @@ impl Scheduler {
                     poller.touch(i);
                 }
             }
-            for (a, b) in [(3, 4), (5, 6)] {
+            for (a, b) in [(slot::MUX_IN, slot::MUX_OUT), (slot::CTL_IN, slot::CTL_OUT)] {
                 if ready[a] || ready[b] {
                     poller.touch(a);
                     poller.touch(b);
                 }
             }
-            poller.touch(1);
-            poller.touch(8);
-            poller.touch(9);
-            if ready[1] || ready[10..].iter().any(|r| *r) {
-                for i in 10..ready.len() {
+            poller.touch(slot::NOTIF);
+            poller.touch(slot::TASK_IN);
+            poller.touch(slot::TASK_OUT);
+            if ready[slot::NOTIF] || ready[slot::BCAST_ROOT..].iter().any(|r| *r) {
+                for i in slot::BCAST_ROOT..ready.len() {
                     poller.touch(i);
                 }
             }
             // Notifications first: an engine announced before a submission must be routable.
-            if ready[1] {
+            if ready[slot::NOTIF] {
                 self.drain_notifications();
             }
-            if ready[2] {
+            if ready[slot::QUERY] {
                 self.drain_query();
             }
             // Control before MUX: a client's `clear()` sent just before an execute usually
             // arrives in the same poll as it, and must reach the engine first (the engine
             // takes control before shell as well). It cannot be made certain: the two
             // travel on separate connections.
-            if ready[5] {
+            if ready[slot::CTL_IN] {
                 self.drain_direct(Direct::CtlIn);
             }
-            if ready[3] {
+            if ready[slot::MUX_IN] {
                 self.drain_direct(Direct::MuxIn);
             }
-            if ready[4] {
+            if ready[slot::MUX_OUT] {
                 self.drain_direct(Direct::MuxOut);
             }
-            if ready[6] {
+            if ready[slot::CTL_OUT] {
                 self.drain_direct(Direct::CtlOut);
             }
-            if ready[7] {
+            if ready[slot::IOPUB] {
                 self.drain_iopub();
             }
-            if ready[8] {
+            if ready[slot::TASK_IN] {
                 self.drain_task_in();
             }
-            if ready[9] {
+            if ready[slot::TASK_OUT] {
                 self.drain_task_out();
             }
-            if ready[10] {
+            if ready[slot::BCAST_ROOT] {
                 self.drain_broadcast(None);
             }
             for i in 0..self.socks.bcast_leaves.len() {
-                if ready[11 + i] {
+                if ready[slot::LEAVES + i] {
                     self.drain_broadcast(Some(i));
                 }
             }
@@ -524,9 +480,9 @@ impl Scheduler {
 
     fn drain_direct(&mut self, which: Direct) {
         let s = &self.socks;
-        let (src, dst, name, topic, rx): (&zmq::Socket, &zmq::Socket, &'static str, Option<&'static [u8]>, _) = match which {
-            Direct::MuxIn => (&s.mux_in, &s.mux_out, "mux", Some(b"in"), &self.rx.mux_in),
-            Direct::MuxOut => (&s.mux_out, &s.mux_in, "mux", Some(b"out"), &self.rx.mux_out),
+        let (src, dst, name, topic, rx): (&zmq::Socket, &zmq::Socket, &'static str, Option<MonitorTopic>, _) = match which {
+            Direct::MuxIn => (&s.mux_in, &s.mux_out, "mux", Some(MonitorTopic::MuxRequest), &self.rx.mux_in),
+            Direct::MuxOut => (&s.mux_out, &s.mux_in, "mux", Some(MonitorTopic::MuxReply), &self.rx.mux_out),
             // The hub ignores control copies, so we do not send them.
             Direct::CtlIn => (&s.ctl_in, &s.ctl_out, "control", None, &self.rx.control_in),
             Direct::CtlOut => (&s.ctl_out, &s.ctl_in, "control", None, &self.rx.control_out),
@@ -566,7 +522,7 @@ impl Scheduler {
                 continue;
             }
             // The hub records output only for messages with a topic (not iopub_welcome).
-            let copy = (!relay::is_delim(&msgs[0])).then(|| relay::monitor_copy(b"iopub", &msgs));
+            let copy = (!relay::is_delim(&msgs[0])).then(|| relay::monitor_copy(MonitorTopic::IoPub, &msgs));
             let _ = tp::send(&s.iopub_pub, msgs);
             if let Some(copy) = copy {
                 s.monitor.send(copy);
@@ -644,7 +600,7 @@ impl Scheduler {
                         self.drop_msg("task", e.reason(), &peer, &e);
                         continue;
                     }
-                    let copy = relay::monitor_copy(b"intask", &msgs);
+                    let copy = relay::monitor_copy(MonitorTopic::TaskRequest, &msgs);
                     let _ = tp::send(&self.socks.task_out, msgs);
                     self.socks.monitor.send(copy);
                 }
@@ -667,7 +623,7 @@ impl Scheduler {
                         self.drop_msg("task", e.reason(), b"engine", &e);
                         continue;
                     }
-                    let copy = relay::monitor_copy(b"outtask", &msgs);
+                    let copy = relay::monitor_copy(MonitorTopic::TaskReply, &msgs);
                     if tp::send(&self.socks.task_in, msgs).is_err() {
                         self.counters.drop("unroutable");
                     }
@@ -741,7 +697,7 @@ impl TaskOutbox for Out<'_> {
             warn!(socket = "task", "cannot route reply to client: {e}");
         }
     }
-    fn to_hub(&mut self, topic: &'static str, frames: Vec<Vec<u8>>) {
+    fn to_hub(&mut self, topic: MonitorTopic, frames: Vec<Vec<u8>>) {
         let mut all = Vec::with_capacity(frames.len() + 1);
         all.push(topic.as_bytes().to_vec());
         all.extend(frames);

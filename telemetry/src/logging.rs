@@ -19,6 +19,15 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
 /// Installs the global subscriber, writing to stderr. `filter` is a tracing filter such
 /// as `info` or `ippx_hub=debug,info`.
 pub fn init(filter: &str, format: LogFormat) {

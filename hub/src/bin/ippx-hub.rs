@@ -1,12 +1,10 @@
 //! `ippx-hub`: one command starts a whole controller (hub + scheduler), accepting
-//! ipcontroller's command line.
+//! ipcontroller's command line. The controller itself is [`ippx_hub::controller::run`];
+//! this binary adds the configuration layers, logging and the process's signals.
 
-use ippx_hub::cli::{self, Action, HubConfig};
+use ippx_hub::cli::{self, Action};
 use ippx_hub::settings;
-use ippx_hub::server::{Controller, Event};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::time::Duration;
 use tracing::{error, info, warn};
 
 #[global_allocator]
@@ -29,7 +27,7 @@ fn main() -> ExitCode {
     let (cfg, action) = (loaded.cfg, loaded.action);
     match action {
         Action::Help => {
-            print!("{}", cli::HELP);
+            print!("{}", cli::help());
             return ExitCode::SUCCESS;
         }
         Action::Version => {
@@ -38,107 +36,32 @@ fn main() -> ExitCode {
         }
         Action::Run => {}
     }
-    let format = cfg.log_format.parse().unwrap_or(ippx_telemetry::logging::LogFormat::Text);
-    ippx_telemetry::logging::init(cli::tracing_level(&cfg.log_level), format);
+    ippx_telemetry::logging::init(cli::tracing_level(&cfg.log_level), cfg.log_format);
     for w in &cfg.warnings {
         warn!("{w}");
     }
-    match run(&cfg) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let signals = async move {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM"),
+                    _ = int.recv() => info!("SIGINT"),
+                }
+            };
+            ippx_hub::controller::run(&cfg, signals).await
+        })
+    });
+    match result {
+        Ok(why) => {
+            info!("controller stopped ({why:?})");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn run(cfg: &HubConfig) -> anyhow::Result<()> {
-    // Bind the metrics port before anything else, so a taken port fails fast.
-    let metrics_listener = match &cfg.metrics_addr {
-        Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("binding --metrics-addr {a}: {e}"))?),
-        None => None,
-    };
-    let mut ctl = Controller::bind(cfg)?;
-    // A scheduler on a thread of ours serves its metrics where a child would have.
-    let scheduler_metrics = match (ctl.scheduler_registry.take(), ippx_hub::cli::scheduler_metrics_addr(cfg)) {
-        (Some(registry), Some(a)) => match std::net::TcpListener::bind(&a) {
-            Ok(l) => Some((l, registry)),
-            Err(e) => {
-                ctl.stop_scheduler();
-                anyhow::bail!("binding the scheduler's metrics address {a}: {e}");
-            }
-        },
-        _ => None,
-    };
-    if let Err(e) = ctl.write_connection_files() {
-        ctl.stop_scheduler();
-        return Err(e);
-    }
-    let (tx, rx) = mpsc::channel();
-    let metrics = ippx_hub::metrics::HubMetrics::new();
-    let mut registry = ippx_telemetry::prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let health = ippx_telemetry::Health::new();
-    let (waker, io_thread) = ctl.start(tx, metrics)?;
-    health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let reason = rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Some(l) = metrics_listener {
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            info!(addr = %l.local_addr()?, "serving /metrics, /healthz, /readyz");
-            let health = health.clone();
-            tokio::spawn(async move {
-                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
-                    error!("metrics server failed: {e}");
-                }
-            });
-        }
-        if let Some((l, registry)) = scheduler_metrics {
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            info!(addr = %l.local_addr()?, "serving the scheduler's /metrics, /healthz, /readyz");
-            let health = ippx_telemetry::Health::new();
-            health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
-                    error!("scheduler metrics server failed: {e}");
-                }
-            });
-        }
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = term.recv() => return anyhow::Ok("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
-                _ = tick.tick() => {
-                    match rx.try_recv() {
-                        Ok(Event::ShutdownRequested) => {
-                            // Let the reply and the notification reach clients first.
-                            tokio::time::sleep(Duration::from_millis(1000)).await;
-                            return Ok("shutdown_request");
-                        }
-                        Ok(Event::Fatal(e)) => anyhow::bail!("hub loop failed: {e}"),
-                        Err(_) => {}
-                    }
-                    if !ctl.scheduler_alive() {
-                        health.children_ok.store(false, std::sync::atomic::Ordering::Relaxed);
-                        anyhow::bail!("the scheduler died; stopping the controller");
-                    }
-                }
-            }
-        }
-    });
-    // Files first: the stock test suite SIGKILLs us 0.25 s after SIGTERM.
-    ctl.remove_connection_files();
-    waker.wake(b"stop");
-    ctl.stop_scheduler();
-    let _ = io_thread.join();
-    let reason = reason?;
-    info!("controller stopped ({reason})");
-    Ok(())
 }

@@ -9,7 +9,7 @@
 //! grow memory without bound.
 
 use super::{Missing, Store, StoreResult, StoreStats};
-use crate::query::Query;
+use crate::store::query::Query;
 use crate::records::{Fields, Limits, TaskRecord};
 use indexmap::{IndexMap, IndexSet};
 use ippx_protocol::datetime::{now as utc_now, Timestamp};

@@ -10,9 +10,10 @@
 //! owns a writer thread and a read connection, both invisible to the hub.
 
 pub mod memory;
+pub mod query;
 pub mod sqlite;
 
-use crate::query::Query;
+use crate::store::query::Query;
 use crate::records::{Fields, TaskRecord};
 use std::time::Instant;
 
@@ -53,8 +54,8 @@ impl std::fmt::Display for StoreError {
     }
 }
 
-impl From<crate::query::QueryError> for StoreError {
-    fn from(e: crate::query::QueryError) -> Self {
+impl From<crate::store::query::QueryError> for StoreError {
+    fn from(e: crate::store::query::QueryError) -> Self {
         StoreError::Query { ename: e.ename, evalue: e.evalue }
     }
 }
@@ -160,20 +161,24 @@ impl Store for NoDb {
     }
 }
 
-/// The store `cfg` asks for: `--dictdb` (default), `--sqlitedb` or `--nodb`.
-/// `profile_dir` is where the SQLite file goes unless `--SQLiteDB.location` says otherwise.
-pub fn open(cfg: &crate::cli::HubConfig, profile_dir: &std::path::Path) -> anyhow::Result<Box<dyn Store>> {
-    use crate::cli::DbBackend;
-    use crate::records::Limits;
-    Ok(match cfg.db {
-        DbBackend::Dict => Box::new(memory::MemStore::new(Limits {
-            record_limit: cfg.record_limit,
-            size_limit: cfg.size_limit,
-            cull_fraction: cfg.cull_fraction,
-        })),
-        DbBackend::None => Box::new(NoDb),
-        DbBackend::Sqlite => {
-            let sc = sqlite::SqliteConfig::from_hub_config(cfg, profile_dir);
+/// Which store to open, with its settings: built on the configuration side
+/// (`HubConfig::store_config`), so the store knows nothing of command lines.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// `--dictdb` (default).
+    Memory(crate::records::Limits),
+    /// `--sqlitedb`.
+    Sqlite(sqlite::SqliteConfig),
+    /// `--nodb`.
+    None,
+}
+
+/// Opens the store `cfg` describes.
+pub fn open(cfg: StoreConfig) -> anyhow::Result<Box<dyn Store>> {
+    Ok(match cfg {
+        StoreConfig::Memory(limits) => Box::new(memory::MemStore::new(limits)),
+        StoreConfig::None => Box::new(NoDb),
+        StoreConfig::Sqlite(sc) => {
             tracing::info!(path = %sc.path.display(), table = %sc.table, "SQLite task store");
             Box::new(sqlite::SqliteStore::open(sc)?)
         }

@@ -19,10 +19,18 @@ pub enum Scheme {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task scheme {0:?}: use leastload, lru, twobin, weighted or plainrandom")]
+#[error("unknown task scheme {0:?}: use one of {names}", names = Scheme::names().join(", "))]
 pub struct UnknownScheme(pub String);
 
 impl Scheme {
+    /// Every scheme, in the order help texts list them. The one list of scheme names: the
+    /// command line, the TOML file and the help text all take theirs from here.
+    pub const ALL: [Scheme; 5] = [Scheme::LeastLoad, Scheme::Lru, Scheme::TwoBin, Scheme::Weighted, Scheme::PlainRandom];
+
+    pub fn names() -> Vec<&'static str> {
+        Scheme::ALL.iter().map(|s| s.name()).collect()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scheme::LeastLoad => "leastload",
@@ -38,14 +46,8 @@ impl FromStr for Scheme {
     type Err = UnknownScheme;
 
     fn from_str(s: &str) -> Result<Self, UnknownScheme> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "leastload" => Ok(Scheme::LeastLoad),
-            "lru" => Ok(Scheme::Lru),
-            "twobin" => Ok(Scheme::TwoBin),
-            "weighted" => Ok(Scheme::Weighted),
-            "plainrandom" => Ok(Scheme::PlainRandom),
-            _ => Err(UnknownScheme(s.to_owned())),
-        }
+        let want = s.trim().to_ascii_lowercase();
+        Scheme::ALL.into_iter().find(|k| k.name() == want).ok_or_else(|| UnknownScheme(s.to_owned()))
     }
 }
 

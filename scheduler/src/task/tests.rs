@@ -26,8 +26,8 @@ impl TaskOutbox for Rec {
     fn to_client(&mut self, frames: Frames) {
         self.client.push(frames);
     }
-    fn to_hub(&mut self, topic: &'static str, frames: Frames) {
-        self.hub.push((topic, frames));
+    fn to_hub(&mut self, topic: MonitorTopic, frames: Frames) {
+        self.hub.push((std::str::from_utf8(topic.as_bytes()).expect("ascii topic"), frames));
     }
 }
 

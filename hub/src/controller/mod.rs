@@ -1,0 +1,293 @@
+//! A whole controller in this process: [`run`] binds the hub's sockets, starts the
+//! scheduler ([`launch`]), writes the connection files, serves the metrics, and runs the
+//! hub's socket loop ([`io`]) on one OS thread until `shutdown` resolves, a client asks
+//! for shutdown, or the scheduler dies. `ippx-hub` is `run` with the process's signals as
+//! `shutdown`; tests start it in-process on 127.0.0.1 the same way.
+//!
+//! * [`plan`]: key, packer, ports, connection files, hub settings, location checks;
+//! * [`launch`]: the scheduler in its three modes;
+//! * [`io`]: the socket loop.
+
+pub mod io;
+pub mod launch;
+pub mod plan;
+
+pub use io::Event;
+
+use crate::cli::{HubConfig, SchedulerMode};
+use crate::hub::Hub;
+use crate::profile::{remove_quietly, Profile};
+use crate::registry::EngineState;
+use anyhow::Context as _;
+use io::{HubIo, HubSockets};
+use ippx_protocol::connection::{self, local_url, ClientConnectionFile, EngineConnectionFile};
+use ippx_protocol::{Session, SessionConfig};
+use ippx_telemetry::prometheus_client::registry::Registry;
+use ippx_transport::{self as tp, zmq, zmq::SocketType, Waker};
+use launch::{HubEnd, SchedulerRun};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Everything needed to run, after binding.
+pub struct Controller {
+    pub profile: Profile,
+    pub engine_file: EngineConnectionFile,
+    pub client_file: ClientConnectionFile,
+    pub write_files: bool,
+    scheduler: Option<SchedulerRun>,
+    /// The scheduler's metrics when it runs on a thread here.
+    pub scheduler_registry: Option<Registry>,
+    notifications_published: Option<Arc<AtomicU64>>,
+    ctx: zmq::Context,
+    socks: Option<HubSockets>,
+    hub: Option<Hub>,
+    session_cfg: SessionConfig,
+}
+
+impl Controller {
+    /// Binds the hub's sockets, starts the scheduler and learns its ports. Nothing is
+    /// written to disk yet. `metrics` gets the store's write-batch histogram.
+    pub fn bind(cfg: &HubConfig, metrics: &crate::metrics::HubMetrics) -> anyhow::Result<Controller> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let profile = Profile::resolve(cfg, home);
+        profile.create().with_context(|| format!("creating profile dir {}", profile.dir.display()))?;
+        let plan = plan::Plan::new(cfg, &profile)?;
+        let session_cfg = plan.session(cfg);
+
+        plan::warn_if_unreachable(cfg);
+        let ctx = zmq::Context::new();
+        let t = cfg.transport.as_str();
+        let p = &plan.ports;
+        let registration = tp::socket(&ctx, SocketType::ROUTER, None)?;
+        let reg_port = tp::bind(&registration, t, &cfg.engine_ip, p.registration)?;
+        if cfg.client_ip != cfg.engine_ip {
+            tp::bind(&registration, t, &cfg.client_ip, reg_port)?;
+        }
+        let ping = tp::socket(&ctx, SocketType::PUB, None)?;
+        let hb_ping = tp::bind(&ping, t, &cfg.engine_ip, p.hb_ping)?;
+        let pong = tp::socket(&ctx, SocketType::ROUTER, None)?;
+        let hb_pong = tp::bind(&pong, t, &cfg.engine_ip, p.hb_pong)?;
+        let notification = tp::socket(&ctx, SocketType::PUB, None)?;
+        let notif_port = tp::bind(&notification, t, &cfg.client_ip, p.notification)?;
+        let monitor = tp::socket(&ctx, SocketType::SUB, None)?;
+        // With the scheduler on our thread, copies come through a channel and are trusted
+        // (see io.rs); the monitor socket is then not bound at all.
+        let in_process = !cfg.no_scheduler && cfg.scheduler_mode == SchedulerMode::Thread;
+        let mon_port = if in_process { 0 } else { tp::bind(&monitor, "tcp", &cfg.monitor_ip, p.monitor)? };
+
+        let hub_end = HubEnd {
+            ctx: &ctx,
+            registration: &registration,
+            notification: &notification,
+            registration_port: reg_port,
+            notification_port: notif_port,
+            monitor_port: mon_port,
+            session: &session_cfg,
+        };
+        let launched = launch::launch(cfg, p, hub_end)?;
+        let bound = plan::Bound {
+            registration: reg_port,
+            hb_ping,
+            hb_pong,
+            notification: notif_port,
+            engine: launched.ports.engine,
+            client: launched.ports.client,
+            engine_broadcast: launched.ports.engine_broadcast.clone(),
+            client_broadcast: launched.ports.client_broadcast,
+        };
+        let submit = tp::socket(&ctx, SocketType::DEALER, None)?;
+        tp::connect(&submit, &local_url(t, &cfg.client_ip, bound.client.task))?;
+
+        let (engine_file, client_file) = plan::connection_files(cfg, &plan, &bound);
+        let settings = plan::hub_settings(cfg, &plan, &engine_file);
+        let store = crate::store::open(cfg.store_config(&profile.dir, metrics.sqlite_batch_seconds()))?;
+        let mut hub = Hub::with_store(settings, store, Instant::now());
+        if cfg.restore {
+            match connection::read::<EngineState>(&profile.state_file()) {
+                Ok(state) => {
+                    info!(engines = state.engines.len(), "restoring engines from {}", profile.state_file().display());
+                    hub.restore(&state);
+                }
+                Err(e) => warn!("--restore: no engine state to restore ({e})"),
+            }
+        }
+        Ok(Controller {
+            profile,
+            engine_file,
+            client_file,
+            write_files: !plan.reused,
+            scheduler: launched.run,
+            scheduler_registry: launched.registry,
+            notifications_published: launched.notifications_published,
+            ctx,
+            socks: Some(HubSockets { registration, ping, pong, notification, monitor, submit, monitor_rx: launched.monitor_rx }),
+            hub: Some(hub),
+            session_cfg,
+        })
+    }
+
+    pub fn write_connection_files(&self) -> anyhow::Result<()> {
+        if self.write_files {
+            connection::write_atomic(&self.profile.engine_file(), &self.engine_file)?;
+            connection::write_atomic(&self.profile.client_file(), &self.client_file)?;
+            info!("connection files written to {}", self.profile.security().display());
+        }
+        Ok(())
+    }
+
+    /// Removes what we wrote. Called first on every way out, because the stock test
+    /// suite SIGKILLs the controller 0.25 s after SIGTERM.
+    pub fn remove_connection_files(&self) {
+        if self.write_files {
+            remove_quietly(&self.profile.engine_file());
+            remove_quietly(&self.profile.client_file());
+        }
+    }
+
+    /// Starts the hub's socket thread.
+    pub fn start(&mut self, events: mpsc::Sender<Event>, metrics: crate::metrics::HubMetrics) -> anyhow::Result<(Waker, std::thread::JoinHandle<()>)> {
+        let (waker, stop) = tp::waker(&self.ctx, &format!("hub-stop-{}", self.client_file.registration))?;
+        let socks = self.socks.take().context("already started")?;
+        let hub = self.hub.take().context("already started")?;
+        let session = Session::new(self.session_cfg.clone())?;
+        let monitor_session = Session::new(self.session_cfg.clone())?;
+        let state_file = self.profile.state_file();
+        let trust_task_copies = matches!(self.scheduler, Some(SchedulerRun::Thread { .. }));
+        let notifications_published = self.notifications_published.clone();
+        let handle = std::thread::Builder::new().name("hub-io".into()).spawn(move || {
+            let mut io = HubIo {
+                socks,
+                hub,
+                session,
+                monitor_session,
+                state_file,
+                events: events.clone(),
+                metrics,
+                last_sync: Instant::now(),
+                trust_task_copies,
+                monitor_backlog: false,
+                notifications_published,
+            };
+            if let Err(e) = io.run(stop) {
+                error!("hub socket loop failed: {e:#}");
+                let _ = events.send(Event::Fatal(format!("{e:#}")));
+            }
+        })?;
+        Ok((waker, handle))
+    }
+
+    /// Whether the scheduler is still running (always true without one).
+    pub fn scheduler_alive(&mut self) -> bool {
+        self.scheduler.as_mut().is_none_or(SchedulerRun::alive)
+    }
+
+    pub fn stop_scheduler(&mut self) {
+        if let Some(s) = self.scheduler.take() {
+            s.stop();
+        }
+    }
+}
+
+/// Why a controller stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The `shutdown` future resolved (a signal, or a test).
+    Shutdown,
+    /// A client sent `shutdown_request`.
+    ShutdownRequest,
+}
+
+/// Runs a whole controller until `shutdown` resolves or a client asks it to stop. Must
+/// be called inside a tokio runtime (it serves `--metrics-addr` there). Errors: a port
+/// or file that cannot be had, a dead scheduler, a failed hub loop.
+pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<Stopped> {
+    // Bind the metrics port before anything else, so a taken port fails fast.
+    let metrics_listener = match &cfg.metrics_addr {
+        Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("binding --metrics-addr {a}: {e}"))?),
+        None => None,
+    };
+    let metrics = crate::metrics::HubMetrics::new();
+    let mut ctl = Controller::bind(cfg, &metrics)?;
+    // A scheduler on a thread of ours serves its metrics where a child would have.
+    let scheduler_metrics = match (ctl.scheduler_registry.take(), crate::cli::scheduler_metrics_addr(cfg)) {
+        (Some(registry), Some(a)) => match std::net::TcpListener::bind(&a) {
+            Ok(l) => Some((l, registry)),
+            Err(e) => {
+                ctl.stop_scheduler();
+                anyhow::bail!("binding the scheduler's metrics address {a}: {e}");
+            }
+        },
+        _ => None,
+    };
+    if let Err(e) = ctl.write_connection_files() {
+        ctl.stop_scheduler();
+        return Err(e);
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let health = ippx_telemetry::Health::new();
+    let (waker, io_thread) = ctl.start(tx, metrics)?;
+    health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let serve = |l: std::net::TcpListener, registry: Registry, health: Arc<ippx_telemetry::Health>, what: &'static str| -> anyhow::Result<()> {
+        l.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        info!(addr = %l.local_addr()?, "serving {what} /metrics, /healthz, /readyz");
+        let mut stopped = http_stopped.clone();
+        tokio::spawn(async move {
+            let until = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = ippx_telemetry::serve(l, registry, health, until).await {
+                error!("{what} metrics server failed: {e}");
+            }
+        });
+        Ok(())
+    };
+    if let Some(l) = metrics_listener {
+        serve(l, registry, health.clone(), "the hub's")?;
+    }
+    if let Some((l, registry)) = scheduler_metrics {
+        let h = ippx_telemetry::Health::new();
+        h.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        serve(l, registry, h, "the scheduler's")?;
+    }
+    let outcome = async {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return anyhow::Ok(Stopped::Shutdown),
+                _ = tick.tick() => {
+                    match rx.try_recv() {
+                        Ok(Event::ShutdownRequested) => {
+                            // Let the reply and the notification reach clients first.
+                            tokio::time::sleep(Duration::from_millis(1000)).await;
+                            return Ok(Stopped::ShutdownRequest);
+                        }
+                        Ok(Event::Fatal(e)) => anyhow::bail!("hub loop failed: {e}"),
+                        Err(_) => {}
+                    }
+                    if !ctl.scheduler_alive() {
+                        health.children_ok.store(false, std::sync::atomic::Ordering::Relaxed);
+                        anyhow::bail!("the scheduler died; stopping the controller");
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    // Files first: the stock test suite SIGKILLs us 0.25 s after SIGTERM.
+    ctl.remove_connection_files();
+    waker.wake(b"stop");
+    ctl.stop_scheduler();
+    let _ = io_thread.join();
+    let _ = stop_http.send(true);
+    outcome
+}
