@@ -174,6 +174,8 @@ pub struct Hub {
     stranded: Vec<(Instant, Engine)>,
     next_probe: Option<Instant>,
     pub stats: HubStats,
+    /// The status page's always-on bookkeeping (`crate::status`).
+    pub(crate) status: crate::status::Tracker,
 }
 
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -198,6 +200,7 @@ impl Hub {
     pub fn with_store(s: HubSettings, store: Box<dyn Store>, now: Instant) -> Self {
         let heart = HeartMonitor::new(s.hb_period, s.max_misses, now);
         info!(backend = store.name(), "task record store");
+        let status = crate::status::Tracker::new(s.packer, now);
         Hub {
             s,
             reg: Registry::default(),
@@ -214,6 +217,7 @@ impl Hub {
             stranded: Vec::new(),
             next_probe: None,
             stats: HubStats::default(),
+            status,
         }
     }
 
@@ -336,6 +340,7 @@ impl Hub {
         if !self.heart.pong(heart, payload) {
             return;
         }
+        self.status.beat(heart, Instant::now());
         // Complete at once rather than at the next beat: registration then takes one
         // round trip after the engine's heart starts.
         if let Ok(uuid) = std::str::from_utf8(heart) {
@@ -350,6 +355,7 @@ impl Hub {
         let Some(e) = self.reg.complete(uuid) else { return false };
         info!(engine = %e.id, uuid = %e.uuid, "engine registered");
         self.stats.registered += 1;
+        self.status.engine_registered(e.id, &e.uuid, Instant::now());
         self.queues.entry(e.id).or_default().uuid = Some(e.uuid.clone());
         out.push(HubOut::Notify {
             msg_type: "registration_notification",
@@ -365,6 +371,7 @@ impl Hub {
             Unregistered::Engine(e) => {
                 info!(engine = %e.id, uuid = %e.uuid, "engine unregistered");
                 self.stats.unregistered += 1;
+                self.status.engine_lost(&e.uuid, now);
                 self.heart.forget(e.uuid.as_bytes());
                 out.push(HubOut::SaveState(self.reg.state()));
                 out.push(HubOut::Notify {
@@ -391,10 +398,12 @@ impl Hub {
                 q.completed += 1;
             }
             // No latency: the task never finished.
-            self.seen.remove(&msg_id);
+            let seen = self.seen.remove(&msg_id);
             *self.stats.completed.entry(("mux", "error")).or_default() += 1;
             let now = utc_now();
-            let content = error_value("EngineError", format!("Engine {} died while running task '{msg_id}'", e.id));
+            let evalue = format!("Engine {} died while running task '{msg_id}'", e.id);
+            self.status.stranded(&msg_id, e.id, seen, evalue.clone(), Instant::now());
+            let content = error_value("EngineError", evalue);
             let uuid = e.uuid.clone();
             let mut content = Some(content);
             let r = self.store.update(&msg_id, Missing::Skip, &mut |r| {
@@ -961,6 +970,7 @@ impl Hub {
         let id = rec.msg_id.clone();
         debug!(msg_id = %id, engine = %eid, "mux request");
         *self.stats.submitted.entry("mux").or_default() += 1;
+        self.status.submitted(&id, &rec.label);
         self.seen.insert(id.clone(), now);
         self.pending.insert(id.clone());
         self.queues.entry(eid).or_default().queue.insert(id);
@@ -1027,7 +1037,10 @@ impl Hub {
             q.completed += 1;
             let m = md.as_ref().unwrap_or(&Value::Nil);
             let seen = self.seen.remove(&parent);
-            self.stats.finished("mux", outcome(m.get("status").as_str().unwrap_or("")), seen, now, run_seconds(m, &msg.h.date));
+            let (status, run) = (outcome(m.get("status").as_str().unwrap_or("")), run_seconds(m, &msg.h.date));
+            self.stats.finished("mux", status, seen, now, run);
+            let o = crate::status::Outcome::from_name(status);
+            self.status.finished(&parent, Some(eid), crate::status::Queue::Mux, o, seen, run, now, msg.content);
         } else if !self.completed.contains(&parent) {
             debug!(msg_id = %parent, "reply to an unknown direct request");
             return;
@@ -1048,6 +1061,7 @@ impl Hub {
         let id = rec.msg_id.clone();
         debug!(msg_id = %id, "task submitted");
         *self.stats.submitted.entry("task").or_default() += 1;
+        self.status.submitted(&id, &rec.label);
         self.seen.insert(id.clone(), now);
         self.pending.insert(id.clone());
         self.unassigned.insert(id);
@@ -1101,8 +1115,12 @@ impl Hub {
         }
         self.completed.insert(&parent);
         let seen = self.seen.remove(&parent);
-        self.stats.finished("task", status, seen, now, run_seconds(m, &msg.h.date));
-        if let Some(eid) = self.task_owner.remove(&parent) {
+        let run = run_seconds(m, &msg.h.date);
+        self.stats.finished("task", status, seen, now, run);
+        let owner = self.task_owner.remove(&parent);
+        let o = crate::status::Outcome::from_name(status);
+        self.status.finished(&parent, owner, crate::status::Queue::Task, o, seen, run, now, msg.content);
+        if let Some(eid) = owner {
             let q = self.queues.entry(eid).or_default();
             q.tasks.shift_remove(&parent);
             if status != "aborted" && !engine.is_empty() {
@@ -1152,6 +1170,19 @@ impl Hub {
             }
         });
         self.store_failed("IOPub output", &parent, r);
+    }
+}
+
+/// Read-only views for the status page (`crate::status::collect`).
+impl Hub {
+    pub(crate) fn heartbeat_period(&self) -> Duration {
+        self.s.hb_period
+    }
+
+    /// (engine, tasks sent to it and not answered yet, tasks it completed) for every
+    /// engine the hub has kept a queue for.
+    pub(crate) fn engine_loads(&self) -> impl Iterator<Item = (EngineId, usize, u64)> + '_ {
+        self.queues.iter().map(|(id, q)| (*id, q.queue.len() + q.tasks.len(), q.completed))
     }
 }
 

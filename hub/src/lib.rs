@@ -11,4 +11,5 @@ pub mod records;
 pub mod registry;
 pub mod server;
 pub mod settings;
+pub mod status;
 pub mod store;

@@ -58,7 +58,7 @@ pub fn type_label(msg_type: &str) -> &'static str {
     KNOWN_TYPES.iter().find(|t| **t == msg_type).copied().unwrap_or("other")
 }
 
-type Histograms = Family<QueueLabel, Histogram, fn() -> Histogram>;
+pub type Histograms = Family<QueueLabel, Histogram, fn() -> Histogram>;
 
 pub struct HubMetrics {
     engines_registered: Counter,
@@ -168,6 +168,11 @@ impl HubMetrics {
                 let _ = self.completed.get_or_create(&OutcomeLabel { queue: q.into(), outcome: o.into() });
             }
         }
+    }
+
+    /// The task latency histograms (shared, not copied), for the status page.
+    pub fn latency_family(&self) -> Histograms {
+        self.latency.clone()
     }
 
     /// Counts one received message.

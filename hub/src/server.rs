@@ -53,7 +53,7 @@ pub struct Controller {
     notifications_published: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ctx: zmq::Context,
     socks: Option<HubSockets>,
-    hub: Option<Hub>,
+    pub(crate) hub: Option<Hub>,
     session_cfg: SessionConfig,
 }
 
@@ -558,6 +558,7 @@ impl HubIo {
             }
             self.hub.tick(now, &mut outs);
             self.execute(&mut outs);
+            self.hub.answer_status_requests(now);
             if now.duration_since(self.last_sync) >= METRICS_SYNC {
                 self.metrics.sync(&mut self.hub);
                 self.last_sync = now;
@@ -651,13 +652,19 @@ impl HubIo {
     }
 
     fn drain_pongs(&mut self, outs: &mut Vec<HubOut>) {
-        while let Ok(Some(msgs)) = tp::try_recv(&self.socks.pong) {
+        while let Ok(Some(mut msgs)) = tp::try_recv(&self.socks.pong) {
             if msgs.len() != 2 {
                 self.hub.drop_msg("malformed");
                 warn!(socket = "hb_pong", peer = %peer(&to_vecs(msgs)), "dropped pong with unexpected frame count");
                 continue;
             }
             self.metrics.received("hb_pong", "pong");
+            // The status page shows each engine's address: read once per engine.
+            if self.hub.status.wants_host(&msgs[0]) {
+                if let Some(addr) = msgs[1].gets("Peer-Address").map(str::to_owned) {
+                    self.hub.status.set_host(&msgs[0], &addr);
+                }
+            }
             self.hub.pong(&msgs[0], &msgs[1], outs);
         }
         self.execute(outs);

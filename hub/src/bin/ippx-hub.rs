@@ -79,6 +79,11 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
     let mut registry = ippx_telemetry::prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let health = ippx_telemetry::Health::new();
+    // The status page (/, /api/status, /api/timeline) beside /metrics.
+    let status_routes = match ctl.status_link() {
+        Some(link) => ippx_hub::status::http::router(link, metrics.latency_family()),
+        None => anyhow::bail!("the hub was started before its status link was made"),
+    };
     let (waker, io_thread) = ctl.start(tx, metrics)?;
     health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
@@ -88,10 +93,10 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
         if let Some(l) = metrics_listener {
             l.set_nonblocking(true)?;
             let l = tokio::net::TcpListener::from_std(l)?;
-            info!(addr = %l.local_addr()?, "serving /metrics, /healthz, /readyz");
+            info!(addr = %l.local_addr()?, "serving /metrics, /healthz, /readyz and the status page at /");
             let health = health.clone();
             tokio::spawn(async move {
-                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
+                if let Err(e) = ippx_telemetry::http::serve_with(l, registry, health, status_routes, std::future::pending()).await {
                     error!("metrics server failed: {e}");
                 }
             });
