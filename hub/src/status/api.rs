@@ -200,11 +200,14 @@ pub fn latency_from_text(text: &str, name: &str) -> BTreeMap<String, Latency> {
         } else {
             continue;
         };
-        let Some(rest) = rest.strip_prefix('{') else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once('}') else {
-            continue;
+        // A series without labels has no braces.
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once('}') {
+                Some(lv) => lv,
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
         };
         let value = value.split_whitespace().next().unwrap_or("");
         let mut queue = String::new();

@@ -407,7 +407,8 @@ impl Tracker {
                 uuid: uuid.to_owned(),
                 host: None,
                 registered_at: now,
-                last_beat: None,
+                // Registration completes when the engine's heart answers.
+                last_beat: Some(now),
                 registrations,
             },
         );
@@ -581,5 +582,45 @@ mod tests {
             (1, 0, 3)
         );
         assert_eq!(t.engines[&b"u0-new".to_vec()].registrations, 2);
+    }
+}
+
+/// What the always-on part costs per task, printed rather than asserted (timings are
+/// never asserted in tests here):
+/// `cargo test --release -p ippx-hub --lib -- --ignored --nocapture per_task_cost`.
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn per_task_cost() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new(Packer::Msgpack, t0);
+        let ids: Vec<String> = (0..1_000_000)
+            .map(|i| format!("0f3a9c1e-8d2b4f6a9e7c5b3d1a0f2e4c_12345_{i}"))
+            .collect();
+        let label = Value::Nil;
+        let start = Instant::now();
+        for (i, id) in ids.iter().enumerate() {
+            let now = t0 + std::time::Duration::from_micros(i as u64 * 50);
+            t.submitted(id, &label);
+            t.finished(
+                id,
+                Some(EngineId((i % 16) as u64)),
+                Queue::Task,
+                Outcome::Ok,
+                Some(now),
+                Some(0.00001),
+                now,
+                b"",
+            );
+        }
+        let ns = start.elapsed().as_nanos() as f64 / ids.len() as f64;
+        println!(
+            "status tracker: {ns:.1} ns per task (submitted + finished, no label, ring of {})",
+            t.timeline.capacity()
+        );
+        assert_eq!(t.timeline.total, ids.len() as u64);
     }
 }
