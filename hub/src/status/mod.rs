@@ -201,9 +201,7 @@ pub struct Labels {
 
 impl Labels {
     fn submitted(&mut self, msg_id: &str, label: &str) {
-        let key = if self.counts.contains_key(label) {
-            label.to_owned()
-        } else if self.counts.len() < MAX_LABELS {
+        let key = if self.counts.contains_key(label) || self.counts.len() < MAX_LABELS {
             label.to_owned()
         } else if let Some(i) = self
             .counts
