@@ -11,4 +11,5 @@ pub mod profile;
 pub mod records;
 pub mod registry;
 pub mod settings;
+pub mod status;
 pub mod store;

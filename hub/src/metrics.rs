@@ -46,7 +46,7 @@ pub fn type_label(msg_type: &str) -> &'static str {
     Request::TYPES.iter().map(|(t, _)| *t).chain(OTHER_KNOWN_TYPES.iter().copied()).find(|t| *t == msg_type).unwrap_or("other")
 }
 
-type Histograms = Family<QueueLabel, Histogram, fn() -> Histogram>;
+pub type Histograms = Family<QueueLabel, Histogram, fn() -> Histogram>;
 
 pub struct HubMetrics {
     engines_registered: Counter,
@@ -158,6 +158,11 @@ impl HubMetrics {
                 let _ = self.completed.get_or_create(&OutcomeLabel { queue: q.into(), outcome: o.into() });
             }
         }
+    }
+
+    /// The task latency histograms (shared, not copied), for the status page.
+    pub fn latency_family(&self) -> Histograms {
+        self.latency.clone()
     }
 
     /// Counts one received message.

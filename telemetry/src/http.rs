@@ -108,8 +108,20 @@ async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 /// `registry` gets the standard `process_*` metrics added to it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    registry: Registry,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, registry, health, Router::new(), shutdown).await
+}
+
+/// [`serve`], plus the routes of `extra` (the hub's status page). Handlers may extract
+/// `ConnectInfo<SocketAddr>` (the peer), e.g. to log bad requests.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
     mut registry: Registry,
     health: Arc<Health>,
+    extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let process = ProcessMetrics::register(&mut registry);
@@ -118,8 +130,9 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+        .with_state(state)
+        .merge(extra);
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 
 #[cfg(test)]

@@ -97,6 +97,7 @@ impl HubIo {
             }
             self.hub.tick(Now { at: now, wall: ippx_protocol::datetime::now() }, &mut outs);
             self.execute(&mut outs);
+            self.hub.answer_status_requests(now);
             if now.duration_since(self.last_sync) >= METRICS_SYNC {
                 self.metrics.sync(&mut self.hub);
                 self.last_sync = now;
@@ -193,6 +194,12 @@ impl HubIo {
                 continue;
             }
             self.metrics.received("hb_pong", "pong");
+            // The status page shows each engine's address: read once per engine.
+            if self.hub.status.wants_host(&msgs[0]) {
+                if let Some(addr) = msgs[1].gets("Peer-Address").map(str::to_owned) {
+                    self.hub.status.set_host(&msgs[0], &addr);
+                }
+            }
             self.hub.pong(&msgs[0], &msgs[1], outs);
         }
         self.execute(outs);

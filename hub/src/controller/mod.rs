@@ -180,6 +180,11 @@ impl Controller {
         Ok((waker, handle))
     }
 
+    /// The status page's link to the hub; `None` once the hub's thread has started.
+    pub fn status_link(&mut self) -> Option<crate::status::StatusLink> {
+        self.hub.as_mut().map(Hub::status_link)
+    }
+
     /// Whether the scheduler is still running (always true without one).
     pub fn scheduler_alive(&mut self) -> bool {
         self.scheduler.as_mut().is_none_or(SchedulerRun::alive)
@@ -231,11 +236,16 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let health = ippx_telemetry::Health::new();
+    // The status page (/, /api/status, /api/timeline) beside /metrics.
+    let status_routes = match ctl.status_link() {
+        Some(link) => crate::status::http::router(link, metrics.latency_family()),
+        None => anyhow::bail!("the hub was started before its status link was made"),
+    };
     let (waker, io_thread) = ctl.start(tx, metrics)?;
     health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
-    let serve = |l: std::net::TcpListener, registry: Registry, health: Arc<ippx_telemetry::Health>, what: &'static str| -> anyhow::Result<()> {
+    let serve = |l: std::net::TcpListener, registry: Registry, health: Arc<ippx_telemetry::Health>, routes: Option<axum::Router>, what: &'static str| -> anyhow::Result<()> {
         l.set_nonblocking(true)?;
         let l = tokio::net::TcpListener::from_std(l)?;
         info!(addr = %l.local_addr()?, "serving {what} /metrics, /healthz, /readyz");
@@ -244,19 +254,23 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
             let until = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = ippx_telemetry::serve(l, registry, health, until).await {
+            let served = match routes {
+                Some(r) => ippx_telemetry::http::serve_with(l, registry, health, r, until).await,
+                None => ippx_telemetry::serve(l, registry, health, until).await,
+            };
+            if let Err(e) = served {
                 error!("{what} metrics server failed: {e}");
             }
         });
         Ok(())
     };
     if let Some(l) = metrics_listener {
-        serve(l, registry, health.clone(), "the hub's")?;
+        serve(l, registry, health.clone(), Some(status_routes), "the hub's (and the status page at /)")?;
     }
     if let Some((l, registry)) = scheduler_metrics {
         let h = ippx_telemetry::Health::new();
         h.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        serve(l, registry, h, "the scheduler's")?;
+        serve(l, registry, h, None, "the scheduler's")?;
     }
     let outcome = async {
         tokio::pin!(shutdown);

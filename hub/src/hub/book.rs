@@ -92,8 +92,18 @@ impl TaskBook {
         self.queues.get(&id)
     }
 
+    /// Every engine's lists, by id.
+    pub fn all_queues(&self) -> impl Iterator<Item = (EngineId, &EngineQueues)> + '_ {
+        self.queues.iter().map(|(id, q)| (*id, q))
+    }
+
     pub fn unassigned(&self) -> &IndexSet<String> {
         &self.unassigned
+    }
+
+    /// The engine a load-balanced task was assigned to, while it is pending.
+    pub fn owner(&self, msg_id: &str) -> Option<EngineId> {
+        self.owner.get(msg_id).copied()
     }
 
     pub fn is_pending(&self, msg_id: &str) -> bool {
@@ -201,8 +211,9 @@ impl TaskBook {
     }
 
     /// The stranded engines whose time has come, each with the direct requests still
-    /// queued on it; those are completed (as failed) in the book.
-    pub fn fail_stranded(&mut self, now: Instant) -> Vec<(Engine, Vec<String>)> {
+    /// queued on it (and when their request copies came); those are completed (as
+    /// failed) in the book.
+    pub fn fail_stranded(&mut self, now: Instant) -> Vec<(Engine, Vec<(String, Option<Instant>)>)> {
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stranded).into_iter().partition(|(t, _)| *t <= now);
         self.stranded = keep;
         let mut out = Vec::with_capacity(due.len());
@@ -210,13 +221,15 @@ impl TaskBook {
             let Some(q) = self.queues.get_mut(&e.id) else { continue };
             let ids: Vec<String> = q.queue.drain(..).collect();
             q.completed += ids.len() as u64;
-            for id in &ids {
-                self.pending.remove(id);
-                self.completed.insert(id);
-                // No latency: the task never finished.
-                self.seen.remove(id);
+            let mut failed = Vec::with_capacity(ids.len());
+            for id in ids {
+                self.pending.remove(&id);
+                self.completed.insert(&id);
+                // No latency metric: the task never finished.
+                let seen = self.seen.remove(&id);
+                failed.push((id, seen));
             }
-            out.push((e, ids));
+            out.push((e, failed));
         }
         out
     }
@@ -305,7 +318,7 @@ mod tests {
         assert!(b.fail_stranded(t0).is_empty());
         let failed = b.fail_stranded(t0 + Duration::from_secs(1));
         assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].1, vec!["a".to_owned(), "c".to_owned()]);
+        assert_eq!(failed[0].1, vec![("a".to_owned(), Some(t0)), ("c".to_owned(), Some(t0))]);
         assert!(b.is_completed("a") && !b.is_pending("c"));
         assert_eq!(b.queues(EngineId(0)).map(|q| q.completed), Some(3));
         assert_eq!(b.next_stranded(), None);

@@ -157,6 +157,8 @@ pub struct Hub {
     book: TaskBook,
     next_probe: Option<Instant>,
     pub stats: HubStats,
+    /// The status page's always-on bookkeeping (`crate::status`).
+    pub(crate) status: crate::status::Tracker,
 }
 
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -181,6 +183,7 @@ impl Hub {
     pub fn with_store(s: HubSettings, store: Box<dyn Store>, now: Instant) -> Self {
         let heart = HeartMonitor::new(s.hb_period, s.max_misses, now);
         info!(backend = store.name(), "task record store");
+        let status = crate::status::Tracker::new(s.packer, now);
         Hub {
             s,
             reg: Registry::default(),
@@ -191,6 +194,7 @@ impl Hub {
             book: TaskBook::default(),
             next_probe: None,
             stats: HubStats::default(),
+            status,
         }
     }
 
@@ -296,7 +300,7 @@ impl Hub {
             warn!(engine = %p.id, uuid = %p.uuid, "registration timed out before the engine's heart answered");
         }
         for (e, ids) in self.book.fail_stranded(now.at) {
-            self.fail_stranded_direct(&e, ids, now.wall);
+            self.fail_stranded_direct(&e, ids, now);
         }
         self.store.maintain(now.at);
     }
@@ -307,6 +311,7 @@ impl Hub {
         if !self.heart.pong(heart, payload) {
             return;
         }
+        self.status.beat(heart, Instant::now());
         // Complete at once rather than at the next beat: registration then takes one
         // round trip after the engine's heart starts.
         if let Ok(uuid) = std::str::from_utf8(heart) {
@@ -321,6 +326,7 @@ impl Hub {
         let Some(e) = self.reg.complete(uuid) else { return false };
         info!(engine = %e.id, uuid = %e.uuid, "engine registered");
         self.stats.registered += 1;
+        self.status.engine_registered(e.id, &e.uuid, Instant::now());
         self.book.engine(e.id, &e.uuid);
         out.push(HubOut::Notify {
             msg_type: "registration_notification",
@@ -336,6 +342,7 @@ impl Hub {
             Unregistered::Engine(e) => {
                 info!(engine = %e.id, uuid = %e.uuid, "engine unregistered");
                 self.stats.unregistered += 1;
+                self.status.engine_lost(&e.uuid, now.at);
                 self.heart.forget(e.uuid.as_bytes());
                 out.push(HubOut::SaveState(self.reg.state()));
                 out.push(HubOut::Notify {
@@ -352,11 +359,13 @@ impl Hub {
 
     /// Direct requests still queued on a dead engine get a synthetic EngineError record
     /// (spec 3.6). Clients synthesise their own; this is for the hub's bookkeeping.
-    fn fail_stranded_direct(&mut self, e: &Engine, ids: Vec<String>, wall: Timestamp) {
-        for msg_id in ids {
+    fn fail_stranded_direct(&mut self, e: &Engine, ids: Vec<(String, Option<Instant>)>, at: Now) {
+        for (msg_id, seen) in ids {
             *self.stats.completed.entry(("mux", "error")).or_default() += 1;
-            let now = wall;
-            let content = error_value("EngineError", format!("Engine {} died while running task '{msg_id}'", e.id));
+            let now = at.wall;
+            let evalue = format!("Engine {} died while running task '{msg_id}'", e.id);
+            self.status.stranded(&msg_id, e.id, seen, evalue.clone(), at.at);
+            let content = error_value("EngineError", evalue);
             let uuid = e.uuid.clone();
             let mut content = Some(content);
             let r = self.store.update(&msg_id, Missing::Skip, &mut |r| {
@@ -380,6 +389,19 @@ impl Hub {
         }
     }
 
+}
+
+/// Read-only views for the status page (`crate::status::collect`).
+impl Hub {
+    pub(crate) fn heartbeat_period(&self) -> Duration {
+        self.s.hb_period
+    }
+
+    /// (engine, tasks sent to it and not answered yet, tasks it completed) for every
+    /// engine the hub has kept a queue for.
+    pub(crate) fn engine_loads(&self) -> impl Iterator<Item = (EngineId, usize, u64)> + '_ {
+        self.book.all_queues().map(|(id, q)| (id, q.queue.len() + q.tasks.len(), q.completed))
+    }
 }
 
 /// The first routing frame, readable: uuids as text, random ids as hex.

@@ -123,6 +123,7 @@ impl Hub {
         let id = rec.msg_id.clone();
         debug!(msg_id = %id, engine = %eid, "mux request");
         *self.stats.submitted.entry("mux").or_default() += 1;
+        self.status.submitted(&id, &rec.label);
         self.book.submit_direct(id, eid, now);
         self.save_request(rec);
     }
@@ -182,7 +183,10 @@ impl Hub {
         match self.book.finish_direct(&parent, eid) {
             Finished::Now { seen } => {
                 let m = md.as_ref().unwrap_or(&Value::Nil);
-                self.stats.finished("mux", outcome(m.get("status").as_str().unwrap_or("")), seen, now.at, run_seconds(m, &msg.h.date));
+                let (status, run) = (outcome(m.get("status").as_str().unwrap_or("")), run_seconds(m, &msg.h.date));
+                self.stats.finished("mux", status, seen, now.at, run);
+                let o = crate::status::Outcome::from_name(status);
+                self.status.finished(&parent, Some(eid), crate::status::Queue::Mux, o, seen, run, now.at, msg.content);
             }
             Finished::Before => {}
             Finished::Unknown => {
@@ -206,6 +210,7 @@ impl Hub {
         let id = rec.msg_id.clone();
         debug!(msg_id = %id, "task submitted");
         *self.stats.submitted.entry("task").or_default() += 1;
+        self.status.submitted(&id, &rec.label);
         self.book.submit_task(id, now);
         self.save_request(rec);
     }
@@ -239,11 +244,16 @@ impl Hub {
         let m = md.as_ref().unwrap_or(&Value::Nil);
         let engine = m.get("engine").as_str().unwrap_or("").to_owned();
         let status = outcome(m.get("status").as_str().unwrap_or(""));
+        // The owner before the book forgets it, for the status page's timeline.
+        let owner = self.book.owner(&parent);
         let Finished::Now { seen } = self.book.finish_task(&parent, status != "aborted" && !engine.is_empty()) else {
             debug!(msg_id = %parent, "reply to a task that is not pending");
             return;
         };
-        self.stats.finished("task", status, seen, now.at, run_seconds(m, &msg.h.date));
+        let run = run_seconds(m, &msg.h.date);
+        self.stats.finished("task", status, seen, now.at, run);
+        let o = crate::status::Outcome::from_name(status);
+        self.status.finished(&parent, owner, crate::status::Queue::Task, o, seen, run, now.at, msg.content);
         debug!(msg_id = %parent, status, "task finished");
         self.store_result(&parent, &msg, Some(engine), md, now.wall);
     }
