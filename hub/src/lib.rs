@@ -2,6 +2,7 @@
 //! unit-tested without sockets; `server` is the socket loop and process plumbing.
 
 pub mod cli;
+pub mod deploy;
 pub mod heart;
 pub mod hub;
 pub mod metrics;

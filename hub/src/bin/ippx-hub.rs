@@ -2,6 +2,7 @@
 //! ipcontroller's command line.
 
 use ippx_hub::cli::{self, Action, HubConfig};
+use ippx_hub::deploy::{self, DeployAction};
 use ippx_hub::settings;
 use ippx_hub::server::{Controller, Event};
 use std::process::ExitCode;
@@ -14,6 +15,23 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // --probe and --print-connection-info (ippx_hub::deploy) do not run a controller.
+    let (deploy_action, args) = match deploy::take_flags(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ippx-hub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(DeployAction::Probe { url, timeout }) = &deploy_action {
+        return match deploy::probe(url, *timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ippx-hub --probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match settings::load(&args, &vars) {
         Ok(l) => l,
@@ -22,6 +40,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(DeployAction::PrintConnectionInfo(which)), Action::Run) = (&deploy_action, &loaded.action) {
+        return match deploy::connection_info(&loaded.cfg, *which) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ippx-hub: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if loaded.print_config && loaded.action == Action::Run {
         print!("{}", settings::render(&loaded));
         return ExitCode::SUCCESS;
@@ -59,17 +89,14 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
         None => None,
     };
     let mut ctl = Controller::bind(cfg)?;
-    // A scheduler on a thread of ours serves its metrics where a child would have.
-    let scheduler_metrics = match (ctl.scheduler_registry.take(), ippx_hub::cli::scheduler_metrics_addr(cfg)) {
-        (Some(registry), Some(a)) => match std::net::TcpListener::bind(&a) {
-            Ok(l) => Some((l, registry)),
-            Err(e) => {
-                ctl.stop_scheduler();
-                anyhow::bail!("binding the scheduler's metrics address {a}: {e}");
-            }
-        },
-        _ => None,
-    };
+    deploy::log_location(cfg, &ctl.engine_file, &ctl.client_file);
+    // One metrics endpoint per process: a scheduler on a thread of ours is served by our
+    // /metrics, its samples labelled component="scheduler".
+    let scheduler_registry = ctl.scheduler_registry.take();
+    if scheduler_registry.is_some() && cfg.scheduler_metrics_addr.is_some() {
+        warn!("--scheduler-metrics-addr is ignored: the scheduler runs on a thread of ippx-hub and its metrics are in the hub's /metrics (it is for --scheduler-mode=process)");
+    }
+    let extra_metrics: Vec<_> = scheduler_registry.into_iter().map(|r| (r, ("component".to_owned(), "scheduler".to_owned()))).collect();
     if let Err(e) = ctl.write_connection_files() {
         ctl.stop_scheduler();
         return Err(e);
@@ -91,20 +118,8 @@ fn run(cfg: &HubConfig) -> anyhow::Result<()> {
             info!(addr = %l.local_addr()?, "serving /metrics, /healthz, /readyz");
             let health = health.clone();
             tokio::spawn(async move {
-                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
+                if let Err(e) = ippx_telemetry::serve_merged(l, registry, extra_metrics, health, std::future::pending()).await {
                     error!("metrics server failed: {e}");
-                }
-            });
-        }
-        if let Some((l, registry)) = scheduler_metrics {
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            info!(addr = %l.local_addr()?, "serving the scheduler's /metrics, /healthz, /readyz");
-            let health = ippx_telemetry::Health::new();
-            health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            tokio::spawn(async move {
-                if let Err(e) = ippx_telemetry::serve(l, registry, health, std::future::pending()).await {
-                    error!("scheduler metrics server failed: {e}");
                 }
             });
         }
