@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import controller_argv
-from test_metrics import free_port
+from test_metrics import free_port, free_range
 
 KEY = "0f1e2d3c-deploy-test-key"
 
@@ -23,7 +23,7 @@ def hub_cmd(*args, env=None, timeout=30):
 
 
 def test_printed_connection_info_is_what_the_hub_writes(ippx_controller_factory, tmp_path):
-    base = 32000 + os.getpid() % 10000
+    base = free_range()
     ports = f"--ports={base}-{base + 17}"
     env = {"IPP_SESSION_KEY": KEY}
     printed = {}

@@ -25,6 +25,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_range(n: int = 18) -> int:
+    """The first of n consecutive ports free on 127.0.0.1, below Linux's ephemeral range
+    (32768+), so that the OS's own picks (free_port) do not land inside it."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32768 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return r.read().decode()
@@ -166,7 +188,7 @@ def test_one_metrics_port_per_process(ippx_controller_factory):
     """Thread mode listens on the metrics port and the published ports only; an explicit
     --scheduler-metrics-addr is ignored (with a warning) rather than a second port."""
     port, ignored = free_port(), free_port()
-    base = 30000 + os.getpid() % 20000
+    base = free_range()
     ports = list(range(base, base + 18))
     ctl = ippx_controller_factory(f"--metrics-addr=127.0.0.1:{port}", f"--scheduler-metrics-addr=127.0.0.1:{ignored}",
                                   f"--ports={base}-{base + 17}")
@@ -194,3 +216,22 @@ def test_print_config_and_invalid_config(tmp_path):
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "period_ms" in lines[0] and lines[0].startswith("ippx-hub: invalid config"), r.stderr
+
+
+def test_process_mode_listens_only_on_named_ports(ippx_controller_factory):
+    """--scheduler-mode=process: the hub and its scheduler child listen only inside --ports
+    (the monitor socket included) and on the two metrics ports the flags name."""
+    from e2e_util import children
+
+    port, sport = free_port(), free_port()
+    base = free_range()
+    ctl = ippx_controller_factory("--scheduler-mode=process", f"--metrics-addr=127.0.0.1:{port}",
+                                  f"--scheduler-metrics-addr=127.0.0.1:{sport}", f"--ports={base}-{base + 17}")
+    kids = children(ctl.proc.pid)
+    assert kids, "no scheduler child"
+    listening = _listening(ctl.proc.pid)
+    for k in kids:
+        listening |= _listening(k)
+    assert {port, sport} <= listening, listening
+    assert listening - {port, sport} <= set(range(base, base + 18)), sorted(listening)
+    assert base + 15 in listening  # the monitor socket, last of the pool
