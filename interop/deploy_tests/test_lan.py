@@ -168,6 +168,9 @@ def start_prometheus(lab, root):
 def test_lan(lab, tmp_path):
     t0 = time.monotonic()
     root = tmp_path
+    for h in HOSTS:  # nothing can leave the LAN
+        routes = lab.run(h, ["ip", "route", "show", "table", "all"], env=dict(os.environ), timeout=10).stdout
+        assert "default" not in routes, f"{h}: {routes}"
     # ---------------------------------------------------------------- 1. --location=<address>
     hub_home = root / "hub-a"
     hub, sec, printed = start_hub(lab, hub_home, [f"--location={lab.ip('hub')}"])
