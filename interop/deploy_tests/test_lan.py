@@ -128,6 +128,33 @@ rc.close()
 """
 
 
+CLEAR_ENGINES = r"""
+import sys, ipyparallel as ipp
+rc = ipp.Client(sys.argv[1])
+rc.wait_for_engines(4, timeout=30)
+rc[:].clear(block=True)
+rc.close()
+"""
+
+
+def seed_with_one_retry(run_seed, clear_engines):
+    """The seed notebook, once more after a failure. The notebook itself has ordering races
+    that no controller can close (stock's neither): cell 6's non-blocking push
+    `direct_view['CONSTANT'] = 5` travels on the MUX connection, the load-balanced map
+    after it on the task connection, and under load an engine can get the task first (seen
+    once here while a docker build ran beside the test). A second failure fails the test;
+    the first is printed loudly either way."""
+    r = run_seed()
+    if r.returncode == 0:
+        return r
+    failed = [l.strip() for l in r.stdout.splitlines() if "FAILED: cell" in l]
+    print(f"\n!!! seed workflow attempt 1 failed ({failed or r.stdout[-2000:] + r.stderr[-2000:]}); clearing the engines' "
+          "namespaces and running it again\n", flush=True)
+    c = clear_engines()
+    assert c.returncode == 0, c.stdout + c.stderr
+    return run_seed()
+
+
 def check_client(lab, root, conn_file, timeout=150):
     cli = root / "cli"
     cli.mkdir(parents=True, exist_ok=True)
@@ -188,9 +215,13 @@ def test_lan(lab, tmp_path):
     assert sorted(got["addrs"]) == sorted([lab.ip("e1")] * 2 + [lab.ip("e2")] * 2), got
 
     # the seed notebook, every cell, from the client host
-    seed = lab.run("cli", [PY, REPO / "demo" / "seed_workflow.py", "--engines", "4",
-                           "--client-file", cli / "conn" / "client.json", "--ipython-dir", cli / "seed-ipython"],
-                   env=base_env(cli), timeout=300)
+    def seed_run():
+        return lab.run("cli", [PY, REPO / "demo" / "seed_workflow.py", "--engines", "4",
+                               "--client-file", cli / "conn" / "client.json", "--ipython-dir", cli / "seed-ipython"],
+                       env=base_env(cli), timeout=300)
+
+    seed = seed_with_one_retry(seed_run, lambda: lab.run("cli", [PY, "-c", CLEAR_ENGINES, cli / "conn" / "client.json"],
+                                                           env=base_env(cli), timeout=60))
     out = seed.stdout + seed.stderr
     (root / "seed.log").write_text(out)
     assert seed.returncode == 0, out[-6000:]
