@@ -483,6 +483,10 @@ def main():
                    "instead of noting it")
     p.add_argument("--ipython-dir", default=None,
                    help="IPYTHONDIR for the run; the cluster is its default profile (default: a fresh temporary directory)")
+    p.add_argument("--client-file", default=None,
+                   help="connect to a running cluster (e.g. on other machines) instead of starting one: its client "
+                   "connection file (or JSON) is put in the default profile, where the notebook's `Client()` finds it; "
+                   "--engines is then how many engines to wait for")
     a = p.parse_args()
 
     tmp = None
@@ -497,6 +501,9 @@ def main():
 
     import ipyparallel as ipp
     from traitlets.config import Config
+
+    if a.client_file is not None:
+        return run_on_existing(a, profile_dir, tmp)
 
     c = Config()
     c.LocalControllerLauncher.controller_cmd = [a.hub]
@@ -548,6 +555,59 @@ def main():
         return 1
     noted = f", {len(OVERTAKEN)} of them with the clear() race noted above" if OVERTAKEN else ""
     print(f"\nseed workflow: all {len(CELLS)} cells passed on ippx with {engines}{noted} (total {time.time() - t0:.1f} s)")
+    return 0
+
+
+def run_on_existing(a, profile_dir, tmp):
+    """The notebook against a cluster someone else started (issue 13: from a client host
+    of a LAN, or a client container): only the client connection info is needed."""
+    import json
+    import shutil
+
+    import ipyparallel as ipp
+
+    security = os.path.join(profile_dir, "security")
+    os.makedirs(security, exist_ok=True)
+    dest = os.path.join(security, "ipcontroller-client.json")
+    src = a.client_file
+    if src.lstrip().startswith("{"):  # the JSON itself (ippx-hub --print-connection-info=client)
+        with open(dest, "w") as f:
+            json.dump(json.loads(src), f)
+    else:
+        shutil.copyfile(src, dest)
+    os.chmod(dest, 0o600)
+    t0 = time.time()
+    print(f"connecting to the running cluster of {dest}; waiting for {a.engines} engines", flush=True)
+    try:
+        rc = ipp.Client()
+        try:
+            rc.wait_for_engines(a.engines, timeout=120)
+            print(f"cluster reached in {time.time() - t0:.1f} s: engines {rc.ids}", flush=True)
+        finally:
+            rc.close()
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+
+        sc = Config()
+        sc.HistoryAccessor.hist_file = ":memory:"
+        shell = InteractiveShell.instance(config=sc)
+        t1 = time.time()
+        failures = run_cells(shell, a.engines)
+        print(f"\nthe notebook's {len(CELLS)} code cells ran in {time.time() - t1:.1f} s")
+        pc = shell.user_ns.get("pc")
+        if pc is not None:
+            pc.close()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if OVERTAKEN and a.strict:
+        failures = failures + [f"(--strict) {n}" for n in OVERTAKEN]
+    if failures:
+        print(f"\nseed workflow: {len(failures)} cell(s) FAILED on the running cluster:")
+        for f in failures:
+            print(f"  {f}")
+        return 1
+    print(f"\nseed workflow: all {len(CELLS)} cells passed on the running cluster (total {time.time() - t0:.1f} s)")
     return 0
 
 

@@ -102,8 +102,8 @@ pub struct HubConfig {
     pub scheduler_mode: SchedulerMode,
     /// `--metrics-addr`: serve /metrics, /healthz, /readyz here (off unless set).
     pub metrics_addr: Option<String>,
-    /// `--scheduler-metrics-addr`: the scheduler's own /metrics (default: the hub's
-    /// address with port + 1 when `--metrics-addr` is set).
+    /// `--scheduler-metrics-addr`: the /metrics of a scheduler child process (none unless
+    /// set; a scheduler thread's metrics are in the hub's /metrics).
     pub scheduler_metrics_addr: Option<String>,
     /// `--log-format=text|json`.
     pub log_format: LogFormat,
@@ -487,15 +487,11 @@ pub fn parse_addr(name: &str, v: &str) -> Result<String, CliError> {
     }
 }
 
-/// The scheduler's metrics address: explicit, or the hub's port + 1.
+/// The scheduler child's metrics address (`--scheduler-mode=process`): only when given,
+/// so that every port the controller listens on is named by a flag (issue 13). A
+/// scheduler on a thread is served by the hub's own `/metrics`.
 pub fn scheduler_metrics_addr(cfg: &HubConfig) -> Option<String> {
-    if let Some(a) = &cfg.scheduler_metrics_addr {
-        return Some(a.clone());
-    }
-    let (host, port) = cfg.metrics_addr.as_ref()?.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let next = port.checked_add(1).filter(|_| port != 0)?;
-    Some(format!("{host}:{next}"))
+    cfg.scheduler_metrics_addr.clone()
 }
 
 /// `IPP_*` variables the stock controller reads (spec 7.2).
@@ -606,7 +602,12 @@ Usage: ippx-hub [options]
                           monitor copies stay in memory) or as an ippx-scheduler child
   --scheduler-cmd=PATH    ippx-scheduler binary for process mode (default: next to ippx-hub)
   --metrics-addr=H:P      serve Prometheus /metrics, /healthz, /readyz (off unless set)
-  --scheduler-metrics-addr=H:P   the scheduler's /metrics (default: metrics port + 1)
+  --scheduler-metrics-addr=H:P   with --scheduler-mode=process, the scheduler child's
+                          /metrics (none unless set; on a thread, the hub's /metrics has them)
+  --print-connection-info=engine|client   print the JSON for $IPP_CONNECTION_INFO or
+                          Client(dict) and exit (needs fixed --ports and $IPP_SESSION_KEY/--keyfile)
+  --probe=URL             exit 0 iff URL (e.g. http://127.0.0.1:9810/readyz) answers 200
+                          (--probe-timeout=SECONDS, default 2); a healthcheck without curl
   --log-format=text|json  log lines as text (default) or JSON
   --config=PATH           an ippx.toml (default <profile>/ippx.toml) or an ipcontroller_config.py
   --print-config          print every setting and where it came from, then exit

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod deploy;
 pub mod heart;
 pub mod hub;
 pub mod metrics;

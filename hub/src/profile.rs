@@ -111,7 +111,9 @@ pub fn plan_ports(cfg: &HubConfig) -> PortPlan {
     p.client_broadcast = c();
     drop(c);
     // Python puts internal broadcast ports here; we have none, the monitor comes last.
-    p.monitor = 0;
+    // It is bound only with --scheduler-mode=process; taking it from the pool keeps every
+    // port the controller listens on inside --ports (issue 13).
+    p.monitor = common.next().unwrap_or(0);
     if cfg.regport != 0 {
         p.registration = cfg.regport;
     }
@@ -146,6 +148,7 @@ mod tests {
         assert_eq!((p.registration, p.engine_control, p.hb_pong), (21000, 21001, 21006));
         assert_eq!(p.engine_broadcast, vec![21007, 21008]);
         assert_eq!((p.client_control, p.notification, p.client_broadcast), (21009, 21013, 21014));
+        assert_eq!(p.monitor, 21015);
     }
 
     #[test]

@@ -29,6 +29,9 @@ impl Health {
 
 struct AppState {
     registry: Registry,
+    /// Registries of other components of this process served on the same endpoint, each
+    /// with the label that marks its samples (see `merge`).
+    extra: Vec<(Registry, (String, String))>,
     process: ProcessMetrics,
     health: Arc<Health>,
 }
@@ -79,6 +82,19 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: axum::http::HeaderMap)
     if let Err(e) = encode(&mut body, &s.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response();
     }
+    if !s.extra.is_empty() {
+        let mut texts = Vec::with_capacity(s.extra.len());
+        for (registry, _) in &s.extra {
+            let mut t = String::new();
+            if let Err(e) = encode(&mut t, registry) {
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response();
+            }
+            texts.push(t);
+        }
+        let mut parts: Vec<(&str, Option<(&str, &str)>)> = vec![(&body, None)];
+        parts.extend(texts.iter().zip(&s.extra).map(|(t, (_, (n, v)))| (t.as_str(), Some((n.as_str(), v.as_str())))));
+        body = crate::merge::merge_openmetrics(&parts);
+    }
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -112,26 +128,52 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, registry, health, Router::new(), shutdown).await
+    serve_full(listener, registry, Vec::new(), health, Router::new(), shutdown).await
 }
 
-/// [`serve`], plus the routes of `extra` (the hub's status page). Handlers may extract
+/// [`serve`], plus the routes of `routes` (the hub's status page). Handlers may extract
 /// `ConnectInfo<SocketAddr>` (the peer), e.g. to log bad requests.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
-    mut registry: Registry,
+    registry: Registry,
     health: Arc<Health>,
-    extra: Router,
+    routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_full(listener, registry, Vec::new(), health, routes, shutdown).await
+}
+
+/// [`serve`], with the metrics of `extra` registries (other components of this process,
+/// e.g. a scheduler on a thread of the hub) in the same `/metrics`; each adds its label,
+/// such as `component="scheduler"`, to its samples.
+pub async fn serve_merged(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    extra: Vec<(Registry, (String, String))>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_full(listener, registry, extra, health, Router::new(), shutdown).await
+}
+
+/// Everything: `/metrics` (with `extra` registries merged in), `/healthz`, `/readyz`, and
+/// the routes of `routes`.
+pub async fn serve_full(
+    listener: tokio::net::TcpListener,
+    mut registry: Registry,
+    extra: Vec<(Registry, (String, String))>,
+    health: Arc<Health>,
+    routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let process = ProcessMetrics::register(&mut registry);
-    let state = Arc::new(AppState { registry, process, health });
+    let state = Arc::new(AppState { registry, extra, process, health });
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(extra);
+        .merge(routes);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 
@@ -181,6 +223,32 @@ mod tests {
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         health.children_ok.store(false, Ordering::Relaxed);
         assert!(get(addr, "/readyz").await.contains("scheduler down"));
+        let _ = tx.send(());
+        server.await.expect("join").expect("serve");
+    }
+
+    #[tokio::test]
+    async fn merged_registries_share_families_and_the_endpoint() {
+        let (mut hub, mut sched) = (Registry::default(), Registry::default());
+        let (a, b): (Counter, Counter) = (Counter::default(), Counter::default());
+        hub.sub_registry_with_prefix("ippx").register("things", "Things seen", a.clone());
+        sched.sub_registry_with_prefix("ippx").register("things", "Things seen by the scheduler", b.clone());
+        a.inc_by(3);
+        b.inc_by(5);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let extra = vec![(sched, ("component".to_owned(), "scheduler".to_owned()))];
+        let server = tokio::spawn(serve_merged(listener, hub, extra, Health::new(), async move {
+            let _ = rx.await;
+        }));
+        let m = get(addr, "/metrics").await;
+        assert_eq!(m.matches("# TYPE ippx_things_total counter").count(), 1, "{m}");
+        assert!(m.contains("ippx_things_total 3\n"), "{m}");
+        assert!(m.contains("ippx_things_total{component=\"scheduler\"} 5\n"), "{m}");
+        assert!(m.contains("process_resident_memory_bytes"), "{m}");
+        let om = get_with(addr, "/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n").await;
+        assert_eq!(om.matches("# EOF").count(), 1, "{om}");
         let _ = tx.send(());
         server.await.expect("join").expect("serve");
     }

@@ -8,9 +8,10 @@
 pub mod http;
 pub mod labels;
 pub mod logging;
+pub mod merge;
 pub mod process;
 
-pub use http::{serve, Health};
+pub use http::{serve, serve_merged, Health};
 pub use prometheus_client;
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -3,6 +3,7 @@
 //! this binary adds the configuration layers, logging and the process's signals.
 
 use ippx_hub::cli::{self, Action};
+use ippx_hub::deploy::{self, DeployAction};
 use ippx_hub::settings;
 use std::process::ExitCode;
 use tracing::{error, info, warn};
@@ -12,6 +13,23 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // --probe and --print-connection-info (ippx_hub::deploy) do not run a controller.
+    let (deploy_action, args) = match deploy::take_flags(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ippx-hub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(DeployAction::Probe { url, timeout }) = &deploy_action {
+        return match deploy::probe(url, *timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ippx-hub --probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match settings::load(&args, &vars) {
         Ok(l) => l,
@@ -20,6 +38,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let (Some(DeployAction::PrintConnectionInfo(which)), Action::Run) = (&deploy_action, &loaded.action) {
+        return match deploy::connection_info(&loaded.cfg, *which) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ippx-hub: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if loaded.print_config && loaded.action == Action::Run {
         print!("{}", settings::render(&loaded));
         return ExitCode::SUCCESS;

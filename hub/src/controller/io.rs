@@ -187,7 +187,7 @@ impl HubIo {
     }
 
     fn drain_pongs(&mut self, outs: &mut Vec<HubOut>) {
-        while let Ok(Some(msgs)) = tp::try_recv(&self.socks.pong) {
+        while let Ok(Some(mut msgs)) = tp::try_recv(&self.socks.pong) {
             if msgs.len() != 2 {
                 self.hub.drop_msg("malformed");
                 warn!(socket = "hb_pong", peer = %peer(&to_vecs(msgs)), "dropped pong with unexpected frame count");

@@ -181,7 +181,7 @@ impl Controller {
     }
 
     /// The status page's link to the hub; `None` once the hub's thread has started.
-    pub fn status_link(&mut self) -> Option<crate::status::StatusLink> {
+    pub fn status_link(&mut self) -> Option<crate::status::collect::StatusLink> {
         self.hub.as_mut().map(Hub::status_link)
     }
 
@@ -217,17 +217,14 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
     };
     let metrics = crate::metrics::HubMetrics::new();
     let mut ctl = Controller::bind(cfg, &metrics)?;
-    // A scheduler on a thread of ours serves its metrics where a child would have.
-    let scheduler_metrics = match (ctl.scheduler_registry.take(), crate::cli::scheduler_metrics_addr(cfg)) {
-        (Some(registry), Some(a)) => match std::net::TcpListener::bind(&a) {
-            Ok(l) => Some((l, registry)),
-            Err(e) => {
-                ctl.stop_scheduler();
-                anyhow::bail!("binding the scheduler's metrics address {a}: {e}");
-            }
-        },
-        _ => None,
-    };
+    crate::deploy::log_location(cfg, &ctl.engine_file, &ctl.client_file);
+    // One metrics endpoint per process: a scheduler on a thread of ours is served by our
+    // /metrics, its samples labelled component="scheduler".
+    let scheduler_registry = ctl.scheduler_registry.take();
+    if scheduler_registry.is_some() && cfg.scheduler_metrics_addr.is_some() {
+        warn!("--scheduler-metrics-addr is ignored: the scheduler runs on a thread of ippx-hub and its metrics are in the hub's /metrics (it is for --scheduler-mode=process)");
+    }
+    let extra_metrics: Vec<_> = scheduler_registry.into_iter().map(|r| (r, ("component".to_owned(), "scheduler".to_owned()))).collect();
     if let Err(e) = ctl.write_connection_files() {
         ctl.stop_scheduler();
         return Err(e);
@@ -245,32 +242,20 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
     health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(profile = %ctl.profile.dir.display(), registration = ctl.engine_file.registration, "ippx controller ready");
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
-    let serve = |l: std::net::TcpListener, registry: Registry, health: Arc<ippx_telemetry::Health>, routes: Option<axum::Router>, what: &'static str| -> anyhow::Result<()> {
+    if let Some(l) = metrics_listener {
         l.set_nonblocking(true)?;
         let l = tokio::net::TcpListener::from_std(l)?;
-        info!(addr = %l.local_addr()?, "serving {what} /metrics, /healthz, /readyz");
+        info!(addr = %l.local_addr()?, "serving /metrics, /healthz, /readyz and the status page at /");
         let mut stopped = http_stopped.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let until = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let served = match routes {
-                Some(r) => ippx_telemetry::http::serve_with(l, registry, health, r, until).await,
-                None => ippx_telemetry::serve(l, registry, health, until).await,
-            };
-            if let Err(e) = served {
-                error!("{what} metrics server failed: {e}");
+            if let Err(e) = ippx_telemetry::http::serve_full(l, registry, extra_metrics, health, status_routes, until).await {
+                error!("metrics server failed: {e}");
             }
         });
-        Ok(())
-    };
-    if let Some(l) = metrics_listener {
-        serve(l, registry, health.clone(), Some(status_routes), "the hub's (and the status page at /)")?;
-    }
-    if let Some((l, registry)) = scheduler_metrics {
-        let h = ippx_telemetry::Health::new();
-        h.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        serve(l, registry, h, None, "the scheduler's")?;
     }
     let outcome = async {
         tokio::pin!(shutdown);

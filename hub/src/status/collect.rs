@@ -449,12 +449,6 @@ fn engine_name(id: u64, host: Option<&str>) -> String {
     }
 }
 
-impl crate::server::Controller {
-    /// The status page's link to the hub, before the hub's thread starts (`None` after).
-    pub fn status_link(&mut self) -> Option<StatusLink> {
-        self.hub.as_mut().map(Hub::status_link)
-    }
-}
 
 #[cfg(test)]
 #[path = "collect_tests.rs"]
