@@ -8,10 +8,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let libdir = Command::new(&python)
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')",
-        ])
+        .args(["-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')"])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -22,12 +19,6 @@ fn main() {
     }
     // An absolute path is kept as given (not canonicalised): a venv's bin/python is a
     // symlink, and the venv is found from the unresolved path.
-    let baked = if python.contains('/') {
-        std::path::absolute(&python)
-            .map(|p| p.display().to_string())
-            .unwrap_or(python)
-    } else {
-        python
-    };
+    let baked = if python.contains('/') { std::path::absolute(&python).map(|p| p.display().to_string()).unwrap_or(python) } else { python };
     println!("cargo:rustc-env=IPPX_BUILD_PYTHON={baked}");
 }

@@ -49,7 +49,7 @@ pub struct ClientShared {
     pub send_errors: AtomicU64,
 }
 
-/// LoadBalancedView's metadata for a plain `apply` (spec 10.5).
+/// LoadBalancedView's metadata for a plain `apply` (docs/protocol.md §10.5).
 #[derive(Serialize)]
 struct LbMeta {
     after: [u8; 0],
@@ -70,36 +70,17 @@ struct StatusOnly {
 }
 
 /// Returns the round-trip times (ns) of replies received while the phase was MEASURE.
-pub fn spawn_client(
-    session: Session,
-    opts: ClientOpts,
-    shared: Arc<ClientShared>,
-    index: usize,
-) -> Result<JoinHandle<Result<Vec<u64>>>> {
-    Ok(std::thread::Builder::new()
-        .name(format!("client-{index}"))
-        .spawn(move || run(session, &opts, &shared, index))?)
+pub fn spawn_client(session: Session, opts: ClientOpts, shared: Arc<ClientShared>, index: usize) -> Result<JoinHandle<Result<Vec<u64>>>> {
+    Ok(std::thread::Builder::new().name(format!("client-{index}")).spawn(move || run(session, &opts, &shared, index))?)
 }
 
-fn run(
-    mut session: Session,
-    opts: &ClientOpts,
-    shared: &ClientShared,
-    index: usize,
-) -> Result<Vec<u64>> {
+fn run(mut session: Session, opts: &ClientOpts, shared: &ClientShared, index: usize) -> Result<Vec<u64>> {
     let ctx = zmq::Context::new();
     let sock = tp::socket(&ctx, SocketType::DEALER, None)?;
     tp::connect(&sock, &opts.url)?;
     let empty = session.pack(&Empty {})?;
     let meta = match opts.mode {
-        Mode::Lb => session.pack(&LbMeta {
-            after: [],
-            follow: [],
-            timeout: 0.0,
-            targets: [],
-            retries: 0,
-            label: None,
-        })?,
+        Mode::Lb => session.pack(&LbMeta { after: [], follow: [], timeout: 0.0, targets: [], retries: 0, label: None })?,
         Mode::Direct => empty.clone(),
     };
     let payload = vec![0x42u8; opts.payload];
@@ -122,19 +103,12 @@ fn run(
                 Mode::Lb => vec![],
                 Mode::Direct => {
                     rr = (rr + 1) % opts.targets.len().max(1);
-                    opts.targets
-                        .get(rr)
-                        .map(|t| vec![t.as_bytes().to_vec()])
-                        .unwrap_or_default()
+                    opts.targets.get(rr).map(|t| vec![t.as_bytes().to_vec()]).unwrap_or_default()
                 }
             };
             let header = session.new_header("apply_request");
             let h = session.pack(&header)?;
-            let frames = session.frame(
-                idents,
-                [h, empty.clone(), meta.clone(), empty.clone()],
-                vec![payload.clone()],
-            );
+            let frames = session.frame(idents, [h, empty.clone(), meta.clone(), empty.clone()], vec![payload.clone()]);
             let t = Instant::now();
             if tp::send(&sock, frames).is_err() {
                 shared.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -167,11 +141,7 @@ fn run(
                 shared.unmatched.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            if session
-                .unpack::<StatusOnly>(env.content_bytes())
-                .map(|s| s.status != "ok")
-                .unwrap_or(true)
-            {
+            if session.unpack::<StatusOnly>(env.content_bytes()).map(|s| s.status != "ok").unwrap_or(true) {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
             }
             if shared.phase.load(Ordering::Relaxed) == MEASURE {

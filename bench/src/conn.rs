@@ -23,16 +23,8 @@ impl Endpoints {
     }
 
     pub fn session_config(&self) -> Result<SessionConfig> {
-        let pack: Packer = self
-            .client
-            .pack
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let unpack: Packer = self
-            .client
-            .unpack
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let pack: Packer = self.client.pack.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let unpack: Packer = self.client.unpack.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut cfg = SessionConfig::new(self.client.key.as_bytes().to_vec(), pack);
         cfg.unpacker = unpack;
         cfg.signature_scheme = self.client.signature_scheme.clone();
@@ -54,19 +46,14 @@ pub fn load(
             let (e, c) = connection::file_names(cluster_id);
             (dir.join("security").join(e), dir.join("security").join(c))
         }
-        _ => bail!(
-            "give --profile-dir DIR (and --cluster-id), or both --engine-file and --client-file"
-        ),
+        _ => bail!("give --profile-dir DIR (and --cluster-id), or both --engine-file and --client-file"),
     };
     let start = Instant::now();
     loop {
-        let got = connection::read::<EngineConnectionFile>(&ef)
-            .and_then(|e| connection::read::<ClientConnectionFile>(&cf).map(|c| (e, c)));
+        let got = connection::read::<EngineConnectionFile>(&ef).and_then(|e| connection::read::<ClientConnectionFile>(&cf).map(|c| (e, c)));
         match got {
             Ok((engine, client)) => return Ok(Endpoints { engine, client }),
-            Err(e) if start.elapsed() >= wait => {
-                return Err(e).context("connection files did not appear")
-            }
+            Err(e) if start.elapsed() >= wait => return Err(e).context("connection files did not appear"),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }

@@ -59,13 +59,7 @@ struct StatusContent<'a> {
 }
 
 /// Answers one message received on a shell socket. Returns whether it was a request.
-pub fn answer(
-    session: &mut Session,
-    uuid: &str,
-    shell: &Socket,
-    iopub: Option<(&Socket, &[u8])>,
-    frames: Vec<Message>,
-) -> Result<bool> {
+pub fn answer(session: &mut Session, uuid: &str, shell: &Socket, iopub: Option<(&Socket, &[u8])>, frames: Vec<Message>) -> Result<bool> {
     let Ok(env) = Envelope::parse(frames) else {
         return Ok(false);
     };
@@ -79,7 +73,14 @@ pub fn answer(
     // As a kernel does: status busy, the reply, status idle.
     let publish_status = |session: &mut Session, execution_state: &str| -> Result<()> {
         if let Some((pub_sock, topic)) = iopub {
-            let (_, f) = session.serialize(vec![topic.to_vec()], "status", parent, &EngineMetadata { engine: uuid }, &ExecutionState { execution_state }, vec![])?;
+            let (_, f) = session.serialize(
+                vec![topic.to_vec()],
+                "status",
+                parent,
+                &EngineMetadata { engine: uuid },
+                &ExecutionState { execution_state },
+                vec![],
+            )?;
             let _ = tp::send(pub_sock, f);
         }
         Ok(())
@@ -89,14 +90,7 @@ pub fn answer(
     // The engines' reply-metadata contract, shared with ippx-engine (protocol::metadata).
     let meta = ReplyMetadata::start(&RequestMetadata::default(), uuid, started);
     let idents: Vec<Vec<u8>> = env.idents().iter().map(|m| m.to_vec()).collect();
-    let (_, f) = session.serialize(
-        idents,
-        reply_type,
-        parent,
-        &meta,
-        &StatusContent { status: "ok" },
-        vec![RESULT_BUFFER.to_vec()],
-    )?;
+    let (_, f) = session.serialize(idents, reply_type, parent, &meta, &StatusContent { status: "ok" }, vec![RESULT_BUFFER.to_vec()])?;
     tp::send(shell, f)?;
     publish_status(session, "idle")?;
     Ok(true)
@@ -139,17 +133,10 @@ pub fn spawn_group(
     shared: Arc<EngineShared>,
     name: String,
 ) -> Result<JoinHandle<Result<()>>> {
-    Ok(std::thread::Builder::new()
-        .name(name)
-        .spawn(move || run_group(&ep, sessions, &opts, &shared))?)
+    Ok(std::thread::Builder::new().name(name).spawn(move || run_group(&ep, sessions, &opts, &shared))?)
 }
 
-fn run_group(
-    ep: &Endpoints,
-    sessions: Vec<Session>,
-    opts: &EngineOpts,
-    shared: &EngineShared,
-) -> Result<()> {
+fn run_group(ep: &Endpoints, sessions: Vec<Session>, opts: &EngineOpts, shared: &EngineShared) -> Result<()> {
     let ctx = zmq::Context::new();
     let mut engines: Vec<Eng> = sessions
         .into_iter()
@@ -243,8 +230,7 @@ fn run_group(
             let e = &mut engines[i];
             match kind {
                 Kind::Reg => {
-                    let Some(frames) = e.reg.as_ref().map(tp::try_recv).transpose()?.flatten()
-                    else {
+                    let Some(frames) = e.reg.as_ref().map(tp::try_recv).transpose()?.flatten() else {
                         continue;
                     };
                     pending = pending.saturating_sub(1);
@@ -317,14 +303,7 @@ fn run_group(
         e.pong = None;
         e.iopub = None;
         let content = ippx_protocol::vmap! {"id" => e.id};
-        if let Ok((_, f)) = e.session.serialize(
-            vec![],
-            "unregistration_request",
-            Parent::None,
-            &Value::map(),
-            &content,
-            vec![],
-        ) {
+        if let Ok((_, f)) = e.session.serialize(vec![], "unregistration_request", Parent::None, &Value::map(), &content, vec![]) {
             let _ = tp::send(&bye, f);
         }
     }
@@ -334,14 +313,7 @@ fn run_group(
 
 fn send_registration(e: &mut Eng, shared: &EngineShared) -> Result<()> {
     let content = ippx_protocol::vmap! {"uuid" => e.uuid.as_str()};
-    let (_, f) = e.session.serialize(
-        vec![],
-        "registration_request",
-        Parent::None,
-        &Value::map(),
-        &content,
-        vec![],
-    )?;
+    let (_, f) = e.session.serialize(vec![], "registration_request", Parent::None, &Value::map(), &content, vec![])?;
     if let Some(s) = &e.reg {
         if tp::send(s, f).is_err() {
             shared.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -362,16 +334,8 @@ fn on_registration_reply(
 ) -> Result<()> {
     let took = e.sent.elapsed().as_secs_f64();
     e.reg = None; // the stock engine keeps it; we close it to save descriptors.
-    let content: Option<Value> = Envelope::parse(frames)
-        .ok()
-        .and_then(|env| e.session.unpack(env.content_bytes()).ok());
-    let (Some(content), true) = (
-        content.as_ref(),
-        content
-            .as_ref()
-            .map(|c| c.get("status").as_str() == Some("ok"))
-            .unwrap_or(false),
-    ) else {
+    let content: Option<Value> = Envelope::parse(frames).ok().and_then(|env| e.session.unpack(env.content_bytes()).ok());
+    let (Some(content), true) = (content.as_ref(), content.as_ref().map(|c| c.get("status").as_str() == Some("ok")).unwrap_or(false)) else {
         e.state = State::Done;
         shared.reg_errors.fetch_add(1, Ordering::Relaxed);
         return Ok(());
@@ -386,10 +350,7 @@ fn on_registration_reply(
     tp::connect(&shell, &ep.engine_url(c.mux))?;
     tp::connect(&shell, &ep.engine_url(c.task))?;
     if !c.broadcast.is_empty() {
-        tp::connect(
-            &shell,
-            &ep.engine_url(c.broadcast[(id as usize) % c.broadcast.len()]),
-        )?;
+        tp::connect(&shell, &ep.engine_url(c.broadcast[(id as usize) % c.broadcast.len()]))?;
     }
     if opts.iopub {
         let p = tp::socket(ctx, SocketType::PUB, None)?;
@@ -411,32 +372,26 @@ fn on_registration_reply(
 
 /// The baseline "engine": a ROUTER bound on loopback that answers requests directly,
 /// so a client's round trip through it measures the load generator and libzmq alone.
-pub fn spawn_baseline_engine(
-    session: Session,
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-) -> Result<(u16, JoinHandle<Result<()>>)> {
+pub fn spawn_baseline_engine(session: Session, stop: Arc<AtomicBool>, answered: Arc<AtomicU64>) -> Result<(u16, JoinHandle<Result<()>>)> {
     let ctx = zmq::Context::new();
     let sock = tp::socket(&ctx, SocketType::ROUTER, None)?;
     let port = tp::bind(&sock, "tcp", "127.0.0.1", 0)?;
-    let h = std::thread::Builder::new()
-        .name("baseline-engine".into())
-        .spawn(move || {
-            let _ctx = ctx;
-            let mut session = session;
-            let uuid = session.session_id().to_owned();
-            while !stop.load(Ordering::Relaxed) {
-                let r = tp::poll(&[&sock], 50)?;
-                if !r[0] {
-                    continue;
-                }
-                while let Some(frames) = tp::try_recv(&sock)? {
-                    if answer(&mut session, &uuid, &sock, None, frames)? {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
+    let h = std::thread::Builder::new().name("baseline-engine".into()).spawn(move || {
+        let _ctx = ctx;
+        let mut session = session;
+        let uuid = session.session_id().to_owned();
+        while !stop.load(Ordering::Relaxed) {
+            let r = tp::poll(&[&sock], 50)?;
+            if !r[0] {
+                continue;
+            }
+            while let Some(frames) = tp::try_recv(&sock)? {
+                if answer(&mut session, &uuid, &sock, None, frames)? {
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Ok(())
-        })?;
+        }
+        Ok(())
+    })?;
     Ok((port, h))
 }

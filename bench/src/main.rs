@@ -45,11 +45,7 @@ impl Out {
     }
 
     fn to_json_line(&self) -> String {
-        let fields: Vec<String> = self
-            .0
-            .iter()
-            .map(|(k, v)| format!("{}:{}", Json::String(k.clone()), v))
-            .collect();
+        let fields: Vec<String> = self.0.iter().map(|(k, v)| format!("{}:{}", Json::String(k.clone()), v)).collect();
         format!("{{{}}}", fields.join(","))
     }
 }
@@ -219,9 +215,7 @@ impl Ctx {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::new(len);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} {msg:<14} [{elapsed_precise}] {wide_bar} {pos}/{len} {prefix}",
-        ) {
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg:<14} [{elapsed_precise}] {wide_bar} {pos}/{len} {prefix}") {
             pb.set_style(style);
         }
         pb.set_message(msg.to_owned());
@@ -240,11 +234,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let args = Args::parse();
     let hidden = args.no_progress || args.json_only;
-    let ctx = Ctx {
-        args,
-        tck: procstat::clock_ticks() as f64,
-        hidden,
-    };
+    let ctx = Ctx { args, tck: procstat::clock_ticks() as f64, hidden };
     match run(&ctx) {
         Ok(out) => print_result(&ctx, out),
         Err(e) => {
@@ -291,12 +281,7 @@ struct Engines {
 }
 
 impl Engines {
-    fn start(
-        c: &Ctx,
-        ep: &Arc<Endpoints>,
-        scfg: &SessionConfig,
-        burst: Option<(Arc<Barrier>, Arc<Barrier>)>,
-    ) -> Result<Self> {
+    fn start(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig, burst: Option<(Arc<Barrier>, Arc<Barrier>)>) -> Result<Self> {
         let a = &c.args;
         let shared = Arc::new(EngineShared::default());
         let per = a.engines_per_thread.max(1);
@@ -307,9 +292,7 @@ impl Engines {
         while left > 0 {
             let n = left.min(per);
             left -= n;
-            let sessions: Vec<Session> = (0..n)
-                .map(|_| Session::new(scfg.clone()))
-                .collect::<Result<_, _>>()?;
+            let sessions: Vec<Session> = (0..n).map(|_| Session::new(scfg.clone())).collect::<Result<_, _>>()?;
             uuids.extend(sessions.iter().map(|s| s.session_id().to_owned()));
             let opts = EngineOpts {
                 reg_timeout: Duration::from_secs_f64(a.reg_timeout),
@@ -317,20 +300,10 @@ impl Engines {
                 iopub: a.iopub,
                 burst: burst.clone(),
             };
-            handles.push(engine::spawn_group(
-                ep.clone(),
-                sessions,
-                opts,
-                shared.clone(),
-                format!("engines-{g}"),
-            )?);
+            handles.push(engine::spawn_group(ep.clone(), sessions, opts, shared.clone(), format!("engines-{g}"))?);
             g += 1;
         }
-        Ok(Engines {
-            uuids,
-            shared,
-            handles,
-        })
+        Ok(Engines { uuids, shared, handles })
     }
 
     fn groups(c: &Ctx) -> usize {
@@ -338,8 +311,7 @@ impl Engines {
     }
 
     fn failed(&self) -> usize {
-        (self.shared.gave_up.load(Ordering::Relaxed)
-            + self.shared.reg_errors.load(Ordering::Relaxed)) as usize
+        (self.shared.gave_up.load(Ordering::Relaxed) + self.shared.reg_errors.load(Ordering::Relaxed)) as usize
     }
 
     fn stop(self) -> Result<()> {
@@ -378,11 +350,7 @@ fn wait_registered(c: &Ctx, w: &mut Watcher, e: &Engines) -> Result<usize> {
     pb.finish_and_clear();
     let n = w.count_of(&e.uuids);
     if n == 0 {
-        bail!(
-            "no engine registered within {} s ({} failed)",
-            c.args.wait_engines,
-            e.failed()
-        );
+        bail!("no engine registered within {} s ({} failed)", c.args.wait_engines, e.failed());
     }
     Ok(n)
 }
@@ -415,51 +383,24 @@ fn latency_fields(out: &mut Out, mut lat: Vec<u64>) {
     for (k, q) in [("p50_us", 0.5), ("p90_us", 0.9), ("p99_us", 0.99)] {
         out.insert(k, json!(percentile(&lat, q).map(|v| round(v, 1))));
     }
-    out.insert(
-        "max_us",
-        json!(lat.last().map(|v| round(*v as f64 / 1000.0, 1))),
-    );
+    out.insert("max_us", json!(lat.last().map(|v| round(*v as f64 / 1000.0, 1))));
     out.insert("latency_samples", json!(lat.len()));
 }
 
 /// Controller CPU between two samples: seconds, per task, and % of one core.
-fn cpu_fields(
-    c: &Ctx,
-    out: &mut Out,
-    s0: Option<procstat::TreeSample>,
-    s1: Option<procstat::TreeSample>,
-    tasks: u64,
-    secs: f64,
-) {
+fn cpu_fields(c: &Ctx, out: &mut Out, s0: Option<procstat::TreeSample>, s1: Option<procstat::TreeSample>, tasks: u64, secs: f64) {
     match (s0, s1) {
         (Some(a), Some(b)) => {
             let cpu = b.ticks.saturating_sub(a.ticks) as f64 / c.tck;
             out.insert("controller_cpu_s", json!(round(cpu, 3)));
-            out.insert(
-                "controller_cpu_pct",
-                json!(round(100.0 * cpu / secs.max(1e-9), 2)),
-            );
-            out.insert(
-                "cpu_us_per_task",
-                if tasks > 0 {
-                    json!(round(cpu * 1e6 / tasks as f64, 2))
-                } else {
-                    Json::Null
-                },
-            );
+            out.insert("controller_cpu_pct", json!(round(100.0 * cpu / secs.max(1e-9), 2)));
+            out.insert("cpu_us_per_task", if tasks > 0 { json!(round(cpu * 1e6 / tasks as f64, 2)) } else { Json::Null });
             out.insert("rss_kb", json!(b.rss_kb));
             out.insert("pss_kb", json!(b.pss_kb));
             out.insert("processes", json!(b.processes));
         }
         _ => {
-            for k in [
-                "controller_cpu_s",
-                "controller_cpu_pct",
-                "cpu_us_per_task",
-                "rss_kb",
-                "pss_kb",
-                "processes",
-            ] {
+            for k in ["controller_cpu_s", "controller_cpu_pct", "cpu_us_per_task", "rss_kb", "pss_kb", "processes"] {
                 out.insert(k, Json::Null);
             }
         }
@@ -496,11 +437,7 @@ fn fmt_value(v: &Json) -> String {
 
 fn print_result(c: &Ctx, out: Out) {
     if !c.args.json_only {
-        let title = format!(
-            "ippx-bench {} {}",
-            out.get("scenario").map(fmt_value).unwrap_or_default(),
-            c.args.label
-        );
+        let title = format!("ippx-bench {} {}", out.get("scenario").map(fmt_value).unwrap_or_default(), c.args.label);
         println!("{}", title.trim_end());
         println!("{}", "-".repeat(44));
         for (k, v) in &out.0 {
@@ -515,11 +452,7 @@ fn print_result(c: &Ctx, out: Out) {
             for s in series {
                 let t = s.get(0).map(fmt_value).unwrap_or_default();
                 let d = s.get(1).map(fmt_value).unwrap_or_default();
-                let r = s
-                    .get(2)
-                    .and_then(Json::as_f64)
-                    .map(|kb| format!("{:.1}", kb / 1024.0))
-                    .unwrap_or_else(|| "-".into());
+                let r = s.get(2).and_then(Json::as_f64).map(|kb| format!("{:.1}", kb / 1024.0)).unwrap_or_else(|| "-".into());
                 println!("{t:>8} {d:>12} {r:>12}");
             }
         }

@@ -45,12 +45,7 @@ fn parse_stat(text: &str) -> Option<(u32, u64)> {
 fn kb_field(path: &str, key: &str) -> u64 {
     fs::read_to_string(path)
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -70,11 +65,7 @@ pub fn tree(root: u32) -> Vec<u32> {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some((ppid, _)) = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .as_deref()
-                .and_then(parse_stat)
-            {
+            if let Some((ppid, _)) = fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(parse_stat) {
                 children.entry(ppid).or_default().push(pid);
             }
         }
@@ -95,11 +86,7 @@ pub fn sample(root: u32) -> Option<TreeSample> {
     fs::metadata(format!("/proc/{root}")).ok()?;
     let mut s = TreeSample::default();
     for pid in tree(root) {
-        if let Some((_, t)) = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .as_deref()
-            .and_then(parse_stat)
-        {
+        if let Some((_, t)) = fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(parse_stat) {
             s.ticks += t;
             s.rss_kb += rss_kb(pid);
             s.pss_kb += pss_kb(pid);
@@ -114,9 +101,7 @@ pub fn rss_by_process(root: u32) -> Vec<(u32, String, u64)> {
     tree(root)
         .into_iter()
         .map(|pid| {
-            let name = fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_default();
+            let name = fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_owned()).unwrap_or_default();
             (pid, name, rss_kb(pid))
         })
         .filter(|(_, _, rss)| *rss > 0)
@@ -125,22 +110,12 @@ pub fn rss_by_process(root: u32) -> Vec<(u32, String, u64)> {
 
 /// This process's own CPU ticks (the load generator's cost, for context).
 pub fn self_ticks() -> u64 {
-    fs::read_to_string("/proc/self/stat")
-        .ok()
-        .as_deref()
-        .and_then(parse_stat)
-        .map(|(_, t)| t)
-        .unwrap_or(0)
+    fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(parse_stat).map(|(_, t)| t).unwrap_or(0)
 }
 
 /// The 1-minute load average, to note how busy the machine was.
 pub fn loadavg() -> Option<f64> {
-    fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -12,9 +12,7 @@ pub(crate) fn spawn_clients(
     opts: ClientOpts,
     shared: &Arc<ClientShared>,
 ) -> Result<Vec<JoinHandle<Result<Vec<u64>>>>> {
-    (0..c.args.clients.max(1))
-        .map(|i| client::spawn_client(Session::new(scfg.clone())?, opts.clone(), shared.clone(), i))
-        .collect()
+    (0..c.args.clients.max(1)).map(|i| client::spawn_client(Session::new(scfg.clone())?, opts.clone(), shared.clone(), i)).collect()
 }
 
 pub(crate) fn join_clients(handles: Vec<JoinHandle<Result<Vec<u64>>>>) -> Result<Vec<u64>> {
@@ -32,28 +30,15 @@ pub(crate) fn client_fields(out: &mut Out, s: &ClientShared) {
     out.insert("errors", json!(s.errors.load(Ordering::Relaxed)));
     out.insert("unmatched", json!(s.unmatched.load(Ordering::Relaxed)));
     out.insert("send_errors", json!(s.send_errors.load(Ordering::Relaxed)));
-    out.insert(
-        "bad_signatures",
-        json!(s.bad_signature.load(Ordering::Relaxed)),
-    );
+    out.insert("bad_signatures", json!(s.bad_signature.load(Ordering::Relaxed)));
 }
 
 /// Runs the warm-up and the measured window over already started clients; returns
 /// (tasks, seconds, cpu samples, bench cpu seconds).
 /// (tasks, seconds, controller samples before/after, load generator CPU seconds).
-type Window = (
-    u64,
-    f64,
-    Option<procstat::TreeSample>,
-    Option<procstat::TreeSample>,
-    f64,
-);
+type Window = (u64, f64, Option<procstat::TreeSample>, Option<procstat::TreeSample>, f64);
 
-pub(crate) fn measure_window(
-    c: &Ctx,
-    shared: &ClientShared,
-    mut pump: impl FnMut() -> Result<()>,
-) -> Result<Window> {
+pub(crate) fn measure_window(c: &Ctx, shared: &ClientShared, mut pump: impl FnMut() -> Result<()>) -> Result<Window> {
     let a = &c.args;
     let pb = c.bar((a.warmup * 10.0) as u64, "warm-up");
     let t = Instant::now();
@@ -118,10 +103,7 @@ pub(crate) fn total_cpu_fields(
     (drain_s, drained): (f64, bool),
 ) {
     let v = match (s_start, s_end) {
-        (Some(a), Some(b)) if tasks > 0 => json!(round(
-            b.ticks.saturating_sub(a.ticks) as f64 / c.tck * 1e6 / tasks as f64,
-            2
-        )),
+        (Some(a), Some(b)) if tasks > 0 => json!(round(b.ticks.saturating_sub(a.ticks) as f64 / c.tck * 1e6 / tasks as f64, 2)),
         _ => Json::Null,
     };
     out.insert("cpu_us_per_task_total", v);
@@ -135,31 +117,14 @@ pub(crate) fn throughput(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> 
     let mut w = watcher(ep, scfg)?;
     let engines = Engines::start(c, ep, scfg, None)?;
     let registered = wait_registered(c, &mut w, &engines)?;
-    let targets: Vec<String> = engines
-        .uuids
-        .iter()
-        .filter(|u| w.registered.contains_key(*u))
-        .cloned()
-        .collect();
-    let mode = if a.scenario == Scenario::Direct {
-        Mode::Direct
-    } else {
-        Mode::Lb
-    };
+    let targets: Vec<String> = engines.uuids.iter().filter(|u| w.registered.contains_key(*u)).cloned().collect();
+    let mode = if a.scenario == Scenario::Direct { Mode::Direct } else { Mode::Lb };
     let url = match mode {
         Mode::Lb => ep.client_url(ep.client.task),
         Mode::Direct => ep.client_url(ep.client.mux),
     };
     let shared = Arc::new(ClientShared::default());
-    let opts = ClientOpts {
-        mode,
-        url,
-        window: a.window.max(1),
-        payload: a.payload,
-        targets,
-        verify: a.verify,
-        budget: None,
-    };
+    let opts = ClientOpts { mode, url, window: a.window.max(1), payload: a.payload, targets, verify: a.verify, budget: None };
     let s_start = c.sample();
     let handles = spawn_clients(c, scfg, opts, &shared)?;
     let (tasks, secs, s0, s1, bench_cpu) = measure_window(c, &shared, || {
@@ -195,8 +160,7 @@ pub(crate) fn baseline(c: &Ctx) -> Result<Out> {
     let scfg = SessionConfig::new(key.into_bytes(), Packer::Msgpack);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
-    let (port, eh) =
-        engine::spawn_baseline_engine(Session::new(scfg.clone())?, stop.clone(), answered.clone())?;
+    let (port, eh) = engine::spawn_baseline_engine(Session::new(scfg.clone())?, stop.clone(), answered.clone())?;
     let shared = Arc::new(ClientShared::default());
     let opts = ClientOpts {
         mode: Mode::Lb,
@@ -262,10 +226,7 @@ pub(crate) fn soak(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
         std::thread::sleep(Duration::from_millis(100));
         let done = shared.completed.load(Ordering::Relaxed);
         pb.set_position(done);
-        pb.set_prefix(format!(
-            "{:.0} tasks/s",
-            done as f64 / start.elapsed().as_secs_f64().max(1e-3)
-        ));
+        pb.set_prefix(format!("{:.0} tasks/s", done as f64 / start.elapsed().as_secs_f64().max(1e-3)));
         if m0.is_none() && done >= warm_tasks {
             m0 = Some((done, Instant::now(), c.sample()));
             shared.phase.store(client::MEASURE, Ordering::Relaxed);
@@ -310,23 +271,14 @@ pub(crate) fn soak(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
         let tasks = c1 - d0;
         out.insert("seconds", json!(round(secs, 3)));
         out.insert("measured_tasks", json!(tasks));
-        out.insert(
-            "tasks_per_s",
-            json!(round(tasks as f64 / secs.max(1e-9), 1)),
-        );
+        out.insert("tasks_per_s", json!(round(tasks as f64 / secs.max(1e-9), 1)));
         cpu_fields(c, &mut out, s0, s1, tasks, secs);
     }
     total_cpu_fields(c, &mut out, s_start, s_end, c1, (drain_s, drained));
     latency_fields(&mut out, lat);
     // RSS flatness after warm-up: every later sample against the first one.
-    let post: Vec<f64> = first_measured_sample
-        .map(|i| {
-            series[i..]
-                .iter()
-                .filter_map(|s| s.get(2).and_then(Json::as_f64))
-                .collect()
-        })
-        .unwrap_or_default();
+    let post: Vec<f64> =
+        first_measured_sample.map(|i| series[i..].iter().filter_map(|s| s.get(2).and_then(Json::as_f64)).collect()).unwrap_or_default();
     if let Some(&base) = post.first() {
         let max = post.iter().cloned().fold(f64::MIN, f64::max);
         let min = post.iter().cloned().fold(f64::MAX, f64::min);
@@ -335,16 +287,10 @@ pub(crate) fn soak(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
         out.insert("rss_min_kb", json!(min));
         out.insert("rss_max_kb", json!(max));
         out.insert("rss_last_kb", json!(post.last()));
-        out.insert(
-            "rss_drift_pct",
-            json!(round(100.0 * dev / base.max(1.0), 2)),
-        );
+        out.insert("rss_drift_pct", json!(round(100.0 * dev / base.max(1.0), 2)));
     }
     out.insert("rss_series", Json::Array(series));
-    out.insert(
-        "rss_by_process",
-        json!(a.controller_pid.map(procstat::rss_by_process)),
-    );
+    out.insert("rss_by_process", json!(a.controller_pid.map(procstat::rss_by_process)));
     client_fields(&mut out, &shared);
     Ok(out)
 }
@@ -375,11 +321,7 @@ pub(crate) fn idle(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
     let secs = t0.elapsed().as_secs_f64();
     let s1 = c.sample();
     let pings = engines.shared.pings.load(Ordering::Relaxed) - p0;
-    let lost = engines
-        .uuids
-        .iter()
-        .filter(|u| w.unregistered.contains(*u))
-        .count();
+    let lost = engines.uuids.iter().filter(|u| w.unregistered.contains(*u)).count();
     engines.stop()?;
 
     let mut out = header(c);
@@ -389,10 +331,7 @@ pub(crate) fn idle(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
     cpu_fields(c, &mut out, s0, s1, 0, secs);
     out.remove("cpu_us_per_task");
     out.insert("pings_answered", json!(pings));
-    out.insert(
-        "rss_by_process",
-        json!(a.controller_pid.map(procstat::rss_by_process)),
-    );
+    out.insert("rss_by_process", json!(a.controller_pid.map(procstat::rss_by_process)));
     out.insert("unregistered_during", json!(lost));
     Ok(out)
 }
@@ -427,26 +366,12 @@ pub(crate) fn burst(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Resul
     pb.finish_and_clear();
     let s1 = c.sample();
     let secs = t0.elapsed().as_secs_f64();
-    let mut times: Vec<f64> = engines
-        .uuids
-        .iter()
-        .filter_map(|u| w.registered.get(u))
-        .map(|t| t.duration_since(t0).as_secs_f64())
-        .collect();
+    let mut times: Vec<f64> = engines.uuids.iter().filter_map(|u| w.registered.get(u)).map(|t| t.duration_since(t0).as_secs_f64()).collect();
     times.sort_by(f64::total_cmp);
-    let mut reply: Vec<f64> = engines
-        .shared
-        .reg_reply_s
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
+    let mut reply: Vec<f64> = engines.shared.reg_reply_s.lock().map(|v| v.clone()).unwrap_or_default();
     reply.sort_by(f64::total_cmp);
     let sh = &engines.shared;
-    let (ok, errs, gave_up) = (
-        sh.replied_ok.load(Ordering::Relaxed),
-        sh.reg_errors.load(Ordering::Relaxed),
-        sh.gave_up.load(Ordering::Relaxed),
-    );
+    let (ok, errs, gave_up) = (sh.replied_ok.load(Ordering::Relaxed), sh.reg_errors.load(Ordering::Relaxed), sh.gave_up.load(Ordering::Relaxed));
     engines.stop()?;
 
     let mut out = header(c);
@@ -455,16 +380,10 @@ pub(crate) fn burst(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Resul
     out.insert("reply_errors", json!(errs));
     out.insert("gave_up", json!(gave_up));
     out.insert("registered", json!(times.len()));
-    out.insert(
-        "registered_10s",
-        json!(times.iter().filter(|&&t| t <= 10.0).count()),
-    );
+    out.insert("registered_10s", json!(times.iter().filter(|&&t| t <= 10.0).count()));
     out.insert("first_s", json!(times.first().map(|v| round(*v, 3))));
     out.insert("last_s", json!(times.last().map(|v| round(*v, 3))));
-    out.insert(
-        "reply_p50_s",
-        json!(reply.get(reply.len() / 2).map(|v| round(*v, 3))),
-    );
+    out.insert("reply_p50_s", json!(reply.get(reply.len() / 2).map(|v| round(*v, 3))));
     out.insert("reply_max_s", json!(reply.last().map(|v| round(*v, 3))));
     out.insert("seen_by_poll_only", json!(w.seen_by_poll));
     cpu_fields(c, &mut out, s0, s1, 0, secs);

@@ -29,27 +29,12 @@ impl Watcher {
         tp::connect(&sub, &ep.client_url(ep.client.notification))?;
         let query = tp::socket(&ctx, SocketType::DEALER, None)?;
         tp::connect(&query, &ep.client_url(ep.client.registration))?;
-        Ok(Watcher {
-            _ctx: ctx,
-            sub,
-            query,
-            session,
-            registered: HashMap::new(),
-            unregistered: HashSet::new(),
-            seen_by_poll: 0,
-        })
+        Ok(Watcher { _ctx: ctx, sub, query, session, registered: HashMap::new(), unregistered: HashSet::new(), seen_by_poll: 0 })
     }
 
     /// Sends a `connection_request`; the reply is handled by [`Watcher::pump`].
     pub fn poll_hub(&mut self) -> Result<()> {
-        let (_, f) = self.session.serialize(
-            vec![],
-            "connection_request",
-            Parent::None,
-            &Value::map(),
-            &Value::map(),
-            vec![],
-        )?;
+        let (_, f) = self.session.serialize(vec![], "connection_request", Parent::None, &Value::map(), &Value::map(), vec![])?;
         let _ = tp::send(&self.query, f);
         Ok(())
     }
@@ -66,10 +51,7 @@ impl Watcher {
                 let Ok(h) = self.session.header(&env) else {
                     continue;
                 };
-                let Ok(n) = self
-                    .session
-                    .unpack::<EngineNotification>(env.content_bytes())
-                else {
+                let Ok(n) = self.session.unpack::<EngineNotification>(env.content_bytes()) else {
                     continue;
                 };
                 match h.msg_type.as_str() {
@@ -93,9 +75,7 @@ impl Watcher {
                     continue;
                 };
                 for uuid in reply.engines.into_values() {
-                    if let std::collections::hash_map::Entry::Vacant(v) =
-                        self.registered.entry(uuid)
-                    {
+                    if let std::collections::hash_map::Entry::Vacant(v) = self.registered.entry(uuid) {
                         v.insert(now);
                         self.seen_by_poll += 1;
                     }
@@ -106,9 +86,6 @@ impl Watcher {
     }
 
     pub fn count_of(&self, uuids: &[String]) -> usize {
-        uuids
-            .iter()
-            .filter(|u| self.registered.contains_key(*u))
-            .count()
+        uuids.iter().filter(|u| self.registered.contains_key(*u)).count()
     }
 }

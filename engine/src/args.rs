@@ -70,11 +70,7 @@ pub enum ArgError {
     #[error("option {0} needs a value")]
     MissingValue(String),
     #[error("bad value for {name}: {value:?} ({why})")]
-    BadValue {
-        name: String,
-        value: String,
-        why: &'static str,
-    },
+    BadValue { name: String, value: String, why: &'static str },
     #[error("unrecognized argument {0:?} (see --help)")]
     Unknown(String),
 }
@@ -143,15 +139,11 @@ fn unquote(v: &str) -> String {
 }
 
 fn secs(name: &str, v: &str) -> Result<Duration, ArgError> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| ArgError::BadValue {
-            name: name.into(),
-            value: v.into(),
-            why: "seconds",
-        })
+    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64).ok_or_else(|| ArgError::BadValue {
+        name: name.into(),
+        value: v.into(),
+        why: "seconds",
+    })
 }
 
 /// Options that take a value (so `--name value` consumes the next argument).
@@ -177,18 +169,7 @@ const VALUED: &[&str] = &[
     "log-to-file",
     "work-dir",
 ];
-const FLAGS: &[&str] = &[
-    "restart-on-crash",
-    "in-process",
-    "help",
-    "help-all",
-    "version",
-    "mpi",
-    "debug",
-    "quiet",
-    "secure",
-    "no-secure",
-];
+const FLAGS: &[&str] = &["restart-on-crash", "in-process", "help", "help-all", "version", "mpi", "debug", "quiet", "secure", "no-secure"];
 
 pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<(Command, EngineArgs), ArgError> {
     let mut a = EngineArgs::default();
@@ -197,10 +178,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<(Command, Engine
     while let Some(arg) = it.next() {
         let body = if let Some(b) = arg.strip_prefix("--") {
             b.to_owned()
-        } else if let Some(b) = arg
-            .strip_prefix('-')
-            .filter(|b| *b == "c" || *b == "s" || b.starts_with("c=") || b.starts_with("s="))
-        {
+        } else if let Some(b) = arg.strip_prefix('-').filter(|b| *b == "c" || *b == "s" || b.starts_with("c=") || b.starts_with("s=")) {
             b.to_owned()
         } else {
             return Err(ArgError::Unknown(arg));
@@ -225,9 +203,7 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<(Command, Engine
         }
         let value = match inline {
             Some(v) => v,
-            None if is_setting || VALUED.contains(&canonical.as_str()) => it
-                .next()
-                .ok_or_else(|| ArgError::MissingValue(arg.clone()))?,
+            None if is_setting || VALUED.contains(&canonical.as_str()) => it.next().ok_or_else(|| ArgError::MissingValue(arg.clone()))?,
             None => return Err(ArgError::Unknown(arg)),
         };
         let value = unquote(&value);
@@ -254,38 +230,18 @@ pub fn parse<I: IntoIterator<Item = String>>(argv: I) -> Result<(Command, Engine
             "file" => a.url_file = Some(value.into()),
             "timeout" => a.reg_timeout = secs(&arg, &value)?,
             "IPEngine.wait-for-url-file" => a.wait_for_url_file = secs(&arg, &value)?,
-            "id" => {
-                a.id = Some(value.parse().map_err(|_| ArgError::BadValue {
-                    name: arg.clone(),
-                    value: value.clone(),
-                    why: "an integer",
-                })?)
-            }
+            "id" => a.id = Some(value.parse().map_err(|_| ArgError::BadValue { name: arg.clone(), value: value.clone(), why: "an integer" })?),
             "location" => a.location = Some(value),
-            "log-level" => {
-                a.log_level = parse_level(&value).ok_or(ArgError::BadValue {
-                    name: arg.clone(),
-                    value,
-                    why: "a log level",
-                })?
-            }
+            "log-level" => a.log_level = parse_level(&value).ok_or(ArgError::BadValue { name: arg.clone(), value, why: "a log level" })?,
             "IPEngine.max-heartbeat-misses" => {
-                a.max_heartbeat_misses = value.parse().map_err(|_| ArgError::BadValue {
-                    name: arg.clone(),
-                    value: value.clone(),
-                    why: "an integer",
-                })?
+                a.max_heartbeat_misses =
+                    value.parse().map_err(|_| ArgError::BadValue { name: arg.clone(), value: value.clone(), why: "an integer" })?
             }
             "c" => a.startup_command.push(value),
             "s" => a.startup_script.push(value),
             "python" => a.python = Some(value.into()),
-            _ if name.starts_with("InteractiveShell.")
-                || name.starts_with("ZMQInteractiveShell.") =>
-            {
-                let t = name
-                    .split_once('.')
-                    .map(|(_, t)| t.to_owned())
-                    .unwrap_or_default();
+            _ if name.starts_with("InteractiveShell.") || name.starts_with("ZMQInteractiveShell.") => {
+                let t = name.split_once('.').map(|(_, t)| t.to_owned()).unwrap_or_default();
                 a.shell_config.push((t, value));
             }
             _ => a.ignored.push(format!("--{name}={value}")),
@@ -304,28 +260,12 @@ mod tests {
 
     #[test]
     fn test_suite_and_cluster_command_lines() {
-        let a = p(&[
-            "--profile=iptest",
-            "--InteractiveShell.colors=nocolor",
-            "--log-level=10",
-        ]);
+        let a = p(&["--profile=iptest", "--InteractiveShell.colors=nocolor", "--log-level=10"]);
         assert_eq!(a.profile, "iptest");
         assert_eq!(a.log_level, tracing::Level::DEBUG);
-        assert_eq!(
-            a.shell_config,
-            vec![("colors".to_owned(), "nocolor".to_owned())]
-        );
-        let a = p(&[
-            "--profile-dir",
-            "/tmp/p",
-            "--cluster-id=abc",
-            "--IPEngine.id=3",
-            "--timeout=2.5",
-        ]);
-        assert_eq!(
-            a.profile_dir.as_deref(),
-            Some(std::path::Path::new("/tmp/p"))
-        );
+        assert_eq!(a.shell_config, vec![("colors".to_owned(), "nocolor".to_owned())]);
+        let a = p(&["--profile-dir", "/tmp/p", "--cluster-id=abc", "--IPEngine.id=3", "--timeout=2.5"]);
+        assert_eq!(a.profile_dir.as_deref(), Some(std::path::Path::new("/tmp/p")));
         assert_eq!(a.cluster_id, "abc");
         assert_eq!(a.id, Some(3));
         assert_eq!(a.reg_timeout, Duration::from_millis(2500));
@@ -333,42 +273,18 @@ mod tests {
 
     #[test]
     fn unknown_settings_are_kept_for_a_warning_and_flags_work() {
-        let a = p(&[
-            "--Foo.bar=1",
-            "--restart-on-crash",
-            "-c",
-            "import os",
-            "--mpi",
-        ]);
-        assert_eq!(
-            a.ignored,
-            vec!["--Foo.bar=1".to_owned(), "--mpi".to_owned()]
-        );
+        let a = p(&["--Foo.bar=1", "--restart-on-crash", "-c", "import os", "--mpi"]);
+        assert_eq!(a.ignored, vec!["--Foo.bar=1".to_owned(), "--mpi".to_owned()]);
         assert!(a.restart_on_crash);
         assert_eq!(a.startup_command, vec!["import os".to_owned()]);
-        assert_eq!(
-            parse(["--help".to_string()]).expect("help").0,
-            Command::Help
-        );
+        assert_eq!(parse(["--help".to_string()]).expect("help").0, Command::Help);
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(
-            parse(["stray".to_string()]),
-            Err(ArgError::Unknown(_))
-        ));
-        assert!(matches!(
-            parse(["--id=x".to_string()]),
-            Err(ArgError::BadValue { .. })
-        ));
-        assert!(matches!(
-            parse(["--profile".to_string()]),
-            Err(ArgError::MissingValue(_))
-        ));
-        assert!(matches!(
-            parse(["--log-level=LOUD".to_string()]),
-            Err(ArgError::BadValue { .. })
-        ));
+        assert!(matches!(parse(["stray".to_string()]), Err(ArgError::Unknown(_))));
+        assert!(matches!(parse(["--id=x".to_string()]), Err(ArgError::BadValue { .. })));
+        assert!(matches!(parse(["--profile".to_string()]), Err(ArgError::MissingValue(_))));
+        assert!(matches!(parse(["--log-level=LOUD".to_string()]), Err(ArgError::BadValue { .. })));
     }
 }

@@ -31,16 +31,10 @@ pub fn profile_dir(a: &EngineArgs) -> PathBuf {
             return d.into();
         }
     }
-    let ipython_dir = a
-        .ipython_dir
-        .clone()
-        .or_else(|| std::env::var_os("IPYTHONDIR").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
-            home.join(".ipython")
-        });
+    let ipython_dir = a.ipython_dir.clone().or_else(|| std::env::var_os("IPYTHONDIR").map(PathBuf::from)).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        home.join(".ipython")
+    });
     ipython_dir.join(format!("profile_{}", a.profile))
 }
 
@@ -82,14 +76,8 @@ pub fn load(a: &EngineArgs) -> Result<(EngineConnectionFile, String), ConnectErr
 }
 
 pub fn session_config(info: &EngineConnectionFile) -> Result<SessionConfig, ConnectError> {
-    let pack: Packer = info
-        .pack
-        .parse()
-        .map_err(|_| ConnectError::Packer(info.pack.clone()))?;
-    let unpack: Packer = info
-        .unpack
-        .parse()
-        .map_err(|_| ConnectError::Packer(info.unpack.clone()))?;
+    let pack: Packer = info.pack.parse().map_err(|_| ConnectError::Packer(info.pack.clone()))?;
+    let unpack: Packer = info.unpack.parse().map_err(|_| ConnectError::Packer(info.unpack.clone()))?;
     let mut cfg = SessionConfig::new(info.key.as_bytes().to_vec(), pack);
     cfg.unpacker = unpack;
     cfg.signature_scheme = info.signature_scheme.clone();
@@ -113,13 +101,8 @@ pub fn disambiguate(interface: &str, location: &str) -> String {
     if location.is_empty() {
         return format!("{proto}://127.0.0.1");
     }
-    let resolved: Option<IpAddr> = location.parse::<IpAddr>().ok().or_else(|| {
-        (location, 0)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .map(|s| s.ip())
-    });
+    let resolved: Option<IpAddr> =
+        location.parse::<IpAddr>().ok().or_else(|| (location, 0).to_socket_addrs().ok().and_then(|mut a| a.next()).map(|s| s.ip()));
     match resolved {
         Some(ip) if is_local(ip) => format!("{proto}://127.0.0.1"),
         Some(ip) => format!("{proto}://{ip}"),
@@ -137,10 +120,7 @@ mod tests {
         assert_eq!(disambiguate("tcp://0.0.0.0", ""), "tcp://127.0.0.1");
         assert_eq!(disambiguate("tcp://*", "127.0.0.1"), "tcp://127.0.0.1");
         // 192.0.2.0/24 is TEST-NET-1: never an address of this machine; nothing is sent.
-        assert_eq!(
-            disambiguate("tcp://0.0.0.0", "192.0.2.7"),
-            "tcp://192.0.2.7"
-        );
+        assert_eq!(disambiguate("tcp://0.0.0.0", "192.0.2.7"), "tcp://192.0.2.7");
     }
 
     #[test]

@@ -20,12 +20,7 @@ pub struct Heart {
 }
 
 impl Heart {
-    pub fn start(
-        ctx: &zmq::Context,
-        ping_url: &str,
-        pong_url: &str,
-        identity: &[u8],
-    ) -> Result<Heart, crate::supervisor::EngineError> {
+    pub fn start(ctx: &zmq::Context, ping_url: &str, pong_url: &str, identity: &[u8]) -> Result<Heart, crate::supervisor::EngineError> {
         let sub = tp::socket(ctx, SocketType::SUB, None)?;
         sub.set_subscribe(b"")?;
         tp::connect(&sub, ping_url)?;
@@ -33,30 +28,25 @@ impl Heart {
         tp::connect(&pong, pong_url)?;
         let state = Arc::new(HeartState::default());
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("heart".into())
-            .spawn(move || {
-                while !st.stop.load(Ordering::Relaxed) {
-                    match tp::poll(&[&sub], 100) {
-                        Ok(r) if r[0] => {}
-                        Ok(_) => continue,
-                        Err(e) => {
-                            tracing::error!("heart poll failed: {e}");
-                            return;
-                        }
-                    }
-                    while let Ok(Some(frames)) = tp::try_recv(&sub) {
-                        st.pings.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = tp::send(&pong, frames) {
-                            tracing::warn!("heart: pong not sent: {e}");
-                        }
+        let thread = std::thread::Builder::new().name("heart".into()).spawn(move || {
+            while !st.stop.load(Ordering::Relaxed) {
+                match tp::poll(&[&sub], 100) {
+                    Ok(r) if r[0] => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::error!("heart poll failed: {e}");
+                        return;
                     }
                 }
-            })?;
-        Ok(Heart {
-            state,
-            thread: Some(thread),
-        })
+                while let Ok(Some(frames)) = tp::try_recv(&sub) {
+                    st.pings.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = tp::send(&pong, frames) {
+                        tracing::warn!("heart: pong not sent: {e}");
+                    }
+                }
+            }
+        })?;
+        Ok(Heart { state, thread: Some(thread) })
     }
 
     pub fn stop(&mut self) {
@@ -83,11 +73,7 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn new(max_misses: u32) -> Self {
-        Watchdog {
-            max_misses,
-            last_count: 0,
-            misses: 0,
-        }
+        Watchdog { max_misses, last_count: 0, misses: 0 }
     }
 
     /// One check with the current ping count; true when the engine should give up.

@@ -62,8 +62,7 @@ impl Reader {
             }
             let mut l = [0u8; 8];
             l.copy_from_slice(&b[off..off + 8]);
-            let len = usize::try_from(u64::from_le_bytes(l))
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "part too long"))?;
+            let len = usize::try_from(u64::from_le_bytes(l)).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "part too long"))?;
             off += 8;
             if b.len() - off < len {
                 return Ok(None);
@@ -71,10 +70,7 @@ impl Reader {
             spans.push((off, len));
             off += len;
         }
-        let parts = spans
-            .into_iter()
-            .map(|(o, l)| b[o..o + l].to_vec())
-            .collect();
+        let parts = spans.into_iter().map(|(o, l)| b[o..o + l].to_vec()).collect();
         self.pos += off;
         if self.pos == self.buf.len() {
             self.buf.clear();
@@ -139,8 +135,7 @@ pub fn read_blocking(src: &mut impl Read) -> io::Result<Option<Parts>> {
     for _ in 0..n {
         let mut l = [0u8; 8];
         src.read_exact(&mut l)?;
-        let len = usize::try_from(u64::from_le_bytes(l))
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "part too long"))?;
+        let len = usize::try_from(u64::from_le_bytes(l)).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "part too long"))?;
         let mut p = vec![0u8; len];
         src.read_exact(&mut p)?;
         parts.push(p);
@@ -172,10 +167,7 @@ mod tests {
         assert_eq!(got[1], vec![b"x".to_vec()]);
         let mut src = &all[..];
         assert_eq!(read_blocking(&mut src).expect("a").expect("some").len(), 3);
-        assert_eq!(
-            read_blocking(&mut src).expect("b").expect("some"),
-            vec![b"x".to_vec()]
-        );
+        assert_eq!(read_blocking(&mut src).expect("b").expect("some"), vec![b"x".to_vec()]);
         assert!(read_blocking(&mut src).expect("eof").is_none());
     }
 

@@ -51,18 +51,8 @@ fn main() -> Result<()> {
     }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // In-process, fds 1/2 are Python's (captured for IOPub); the log keeps the original.
-    let inproc = if a.in_process {
-        Some(
-            ippx_engine::worker_proc::in_process_stdio()
-                .context("redirecting stdio for --in-process")?,
-        )
-    } else {
-        None
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(a.log_level)
-        .with_target(false)
-        .with_ansi(ansi);
+    let inproc = if a.in_process { Some(ippx_engine::worker_proc::in_process_stdio().context("redirecting stdio for --in-process")?) } else { None };
+    let builder = tracing_subscriber::fmt().with_max_level(a.log_level).with_target(false).with_ansi(ansi);
     match &inproc {
         Some((_, _, _, log)) => {
             let log = std::sync::Mutex::new(log.try_clone().context("log fd")?);
@@ -114,18 +104,16 @@ fn main() -> Result<()> {
             // Python's signal handlers run only there); the supervisor on another thread,
             // which exits the process when it stops.
             ippx_engine::worker_proc::mask_python_signals(true);
-            std::thread::Builder::new()
-                .name("supervisor".into())
-                .spawn(move || {
-                    let code = match run(Some((sup_link, out))) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::error!("{e:#}");
-                            1
-                        }
-                    };
-                    std::process::exit(code);
-                })?;
+            std::thread::Builder::new().name("supervisor".into()).spawn(move || {
+                let code = match run(Some((sup_link, out))) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            })?;
             ippx_engine::worker_proc::mask_python_signals(false);
             let code = worker::serve(worker_link, false);
             // Python's loop ended (the supervisor closed the link, or sys.exit): give the

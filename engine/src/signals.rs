@@ -20,18 +20,12 @@ impl SignalPipe {
     pub fn install(forward: bool) -> std::io::Result<SignalPipe> {
         let (rx, mut tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
-        let mut signals = signal_hook::iterator::Signals::new(if forward {
-            HANDLED
-        } else {
-            HANDLED_IN_PROCESS
+        let mut signals = signal_hook::iterator::Signals::new(if forward { HANDLED } else { HANDLED_IN_PROCESS })?;
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            for sig in signals.forever() {
+                let _ = tx.write_all(&[sig as u8]);
+            }
         })?;
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    let _ = tx.write_all(&[sig as u8]);
-                }
-            })?;
         Ok(SignalPipe { rx })
     }
 

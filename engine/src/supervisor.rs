@@ -13,9 +13,7 @@ use crate::ipc;
 use crate::stats::Stats;
 use crate::worker_proc::{Exit, WorkerProc, WorkerSpec};
 use ippx_protocol::connection::{self, EngineConnectionFile};
-use ippx_protocol::metadata::{
-    EngineInfo, EngineMetadata, ExecutionState, ReplyMetadata, RequestMetadata, StreamContent,
-};
+use ippx_protocol::metadata::{EngineInfo, EngineMetadata, ExecutionState, ReplyMetadata, RequestMetadata, StreamContent};
 use ippx_protocol::{datetime, vmap, Envelope, Header, Parent, Session, Value};
 use ippx_transport::{self as tp, zmq, zmq::Message, zmq::Socket, zmq::SocketType};
 use std::collections::{HashSet, VecDeque};
@@ -131,39 +129,19 @@ fn copy_frames(frames: &[Message]) -> Vec<Vec<u8>> {
 
 /// Registers with the hub: `registration_request {uuid[, id]}` from a DEALER whose
 /// identity is the uuid, waiting `timeout` for the reply as ipengine does.
-fn register(
-    session: &mut Session,
-    reg: &Socket,
-    uuid: &str,
-    id: Option<i64>,
-    timeout: Duration,
-) -> Result<Registered, EngineError> {
+fn register(session: &mut Session, reg: &Socket, uuid: &str, id: Option<i64>, timeout: Duration) -> Result<Registered, EngineError> {
     let mut content = vmap! {"uuid" => uuid};
     if let Some(id) = id {
         content.insert("id", Value::Int(id));
     }
-    let (_, frames) = session.serialize(
-        vec![],
-        "registration_request",
-        Parent::None,
-        &Value::map(),
-        &content,
-        vec![],
-    )?;
+    let (_, frames) = session.serialize(vec![], "registration_request", Parent::None, &Value::map(), &content, vec![])?;
     tp::send(reg, frames)?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             // As ipengine's abort(): tell the hub to forget the id it allocated.
-            let (_, f) = session.serialize(
-                vec![],
-                "unregistration_request",
-                Parent::None,
-                &Value::map(),
-                &vmap! {"id" => Value::Nil},
-                vec![],
-            )?;
+            let (_, f) = session.serialize(vec![], "unregistration_request", Parent::None, &Value::map(), &vmap! {"id" => Value::Nil}, vec![])?;
             let _ = tp::send(reg, f);
             return Err(EngineError::RegistrationTimeout(timeout.as_secs_f64()));
         }
@@ -185,24 +163,15 @@ fn register(
         }
         let v: Value = session.unpack(env.content_bytes())?;
         if v.get("status").as_str() != Some("ok") {
-            let why = format!(
-                "{}: {}",
-                v.get("ename").as_str().unwrap_or("error"),
-                v.get("evalue").as_str().unwrap_or("")
-            );
+            let why = format!("{}: {}", v.get("ename").as_str().unwrap_or("error"), v.get("evalue").as_str().unwrap_or(""));
             return Err(EngineError::RegistrationRefused(why));
         }
         // Only status, id and hb_period are read, as ipengine does (connection_info is
         // ignored: the ports come from the engine's own connection info).
         let (Some(id), Some(hb)) = (v.get("id").as_i64(), v.get("hb_period").as_f64()) else {
-            return Err(EngineError::RegistrationRefused(format!(
-                "malformed registration_reply: {v:?}"
-            )));
+            return Err(EngineError::RegistrationRefused(format!("malformed registration_reply: {v:?}")));
         };
-        return Ok(Registered {
-            id,
-            hb_period_ms: hb.max(1.0) as u64,
-        });
+        return Ok(Registered { id, hb_period_ms: hb.max(1.0) as u64 });
     }
 }
 
@@ -234,10 +203,7 @@ impl Supervisor {
         let reply = register(&mut session, &reg, &uuid, args.id, args.reg_timeout)?;
         let id = reply.id;
         // ipengine's wording: launchers and tests look for this line in engine output.
-        tracing::info!(
-            "Completed registration with id {id} (heartbeat period {} ms)",
-            reply.hb_period_ms
-        );
+        tracing::info!("Completed registration with id {id} (heartbeat period {} ms)", reply.hb_period_ms);
 
         // ipengine's order: shell, control, IOPub, (startup code), heart last.
         let shell = tp::socket(&ctx, SocketType::ROUTER, Some(uuid.as_bytes()))?;
@@ -262,12 +228,7 @@ impl Supervisor {
             None => WorkerProc::spawn(&spec)?,
         };
         let worker_in_process = worker.is_in_process();
-        let heart = Heart::start(
-            &ctx,
-            &url(&info, info.hb_ping),
-            &url(&info, info.hb_pong),
-            uuid.as_bytes(),
-        )?;
+        let heart = Heart::start(&ctx, &url(&info, info.hb_ping), &url(&info, info.hb_pong), uuid.as_bytes())?;
         let watchdog = Watchdog::new(args.max_heartbeat_misses);
         Ok(Supervisor {
             hb_period: Duration::from_millis(reply.hb_period_ms),
@@ -288,18 +249,7 @@ impl Supervisor {
             worker: Some(worker),
             spec,
             kernel_info: Value::map(),
-            out: [
-                OutBuf {
-                    name: "stdout",
-                    bytes: Vec::new(),
-                    since: None,
-                },
-                OutBuf {
-                    name: "stderr",
-                    bytes: Vec::new(),
-                    since: None,
-                },
-            ],
+            out: [OutBuf { name: "stdout", bytes: Vec::new(), since: None }, OutBuf { name: "stderr", bytes: Vec::new(), since: None }],
             last_parent: Vec::new(),
             signals,
             worker_in_process,
@@ -322,27 +272,10 @@ impl Supervisor {
         }
     }
 
-    fn publish<C: serde::Serialize>(
-        &mut self,
-        what: &str,
-        msg_type: &str,
-        parent: &[u8],
-        content: &C,
-    ) {
+    fn publish<C: serde::Serialize>(&mut self, what: &str, msg_type: &str, parent: &[u8], content: &C) {
         let topic = self.topic(what);
-        let parent = if parent.is_empty() {
-            Parent::None
-        } else {
-            Parent::Raw(parent)
-        };
-        match self.session.serialize(
-            vec![topic],
-            msg_type,
-            parent,
-            &EngineMetadata { engine: &self.uuid },
-            content,
-            vec![],
-        ) {
+        let parent = if parent.is_empty() { Parent::None } else { Parent::Raw(parent) };
+        match self.session.serialize(vec![topic], msg_type, parent, &EngineMetadata { engine: &self.uuid }, content, vec![]) {
             Ok((_, f)) => {
                 if let Err(e) = tp::send(&self.iopub, f) {
                     tracing::warn!("iopub: {msg_type} not sent: {e}");
@@ -353,14 +286,7 @@ impl Supervisor {
     }
 
     fn status(&mut self, state: &str, parent: &[u8]) {
-        self.publish(
-            "status",
-            "status",
-            parent,
-            &ExecutionState {
-                execution_state: state,
-            },
-        );
+        self.publish("status", "status", parent, &ExecutionState { execution_state: state });
     }
 
     /// Publishes what the worker printed, as stock's OutStream does.
@@ -378,22 +304,13 @@ impl Supervisor {
             };
             let text = String::from_utf8_lossy(&b[..cut]).into_owned();
             self.out[i].bytes = b[cut..].to_vec();
-            self.out[i].since = if self.out[i].bytes.is_empty() {
-                None
-            } else {
-                self.out[i].since
-            };
+            self.out[i].since = if self.out[i].bytes.is_empty() { None } else { self.out[i].since };
             if text.is_empty() {
                 continue;
             }
             let name = self.out[i].name;
             let parent = self.parent_raw();
-            self.publish(
-                name,
-                "stream",
-                &parent,
-                &StreamContent { name, text: &text },
-            );
+            self.publish(name, "stream", &parent, &StreamContent { name, text: &text });
         }
     }
 
@@ -414,11 +331,7 @@ impl Supervisor {
     }
 
     fn send_shell_or_control(&mut self, channel: Channel, frames: Vec<Vec<u8>>) {
-        let sock = if channel == Channel::Shell {
-            &self.shell
-        } else {
-            &self.control
-        };
+        let sock = if channel == Channel::Shell { &self.shell } else { &self.control };
         if let Err(e) = tp::send(sock, frames) {
             self.stats.send_failed += 1;
             tracing::warn!("reply not sent on {channel:?}: {e}");
@@ -430,11 +343,7 @@ impl Supervisor {
     }
 
     fn engine_info(&self) -> EngineInfo {
-        EngineInfo {
-            engine_uuid: self.uuid.clone(),
-            engine_id: self.id,
-            method: None,
-        }
+        EngineInfo { engine_uuid: self.uuid.clone(), engine_id: self.id, method: None }
     }
 
     /// `<type>_reply {status: aborted}` with the full metadata, framed by busy/idle.
@@ -444,14 +353,7 @@ impl Supervisor {
         let mut md = self.reply_meta(&job, datetime::format_iso(&datetime::now()));
         md.finish("aborted", None, || self.engine_info());
         let reply_type = job.kind.reply_type();
-        match self.session.serialize(
-            job.idents.clone(),
-            reply_type,
-            Parent::Raw(&job.header_raw),
-            &md,
-            &vmap! {"status" => "aborted"},
-            vec![],
-        ) {
+        match self.session.serialize(job.idents.clone(), reply_type, Parent::Raw(&job.header_raw), &md, &vmap! {"status" => "aborted"}, vec![]) {
             Ok((_, f)) => self.send_shell_or_control(job.channel, f),
             Err(e) => tracing::error!("cannot pack an abort reply: {e}"),
         }
@@ -483,10 +385,7 @@ impl Supervisor {
                     parts.extend(job.buffers.iter().map(|b| b.as_slice()));
                     w.writer.push(&parts);
                 }
-                Kind::Execute => {
-                    w.writer
-                        .push(&[b"execute".as_slice(), &job.content_raw, &job.header_raw])
-                }
+                Kind::Execute => w.writer.push(&[b"execute".as_slice(), &job.content_raw, &job.header_raw]),
                 Kind::Clear => w.writer.push(&[b"clear".as_slice()]),
             }
             self.last_parent = job.header_raw.clone();
@@ -502,10 +401,7 @@ impl Supervisor {
         self.flush_output();
         match parts.first().map(|p| p.as_slice()) {
             Some(b"ready") => {
-                if let Some(info) = parts
-                    .get(1)
-                    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-                {
+                if let Some(info) = parts.get(1).and_then(|p| serde_json::from_slice::<Value>(p).ok()) {
                     self.kernel_info = info;
                 }
                 if let Some(w) = self.worker.as_mut() {
@@ -517,25 +413,14 @@ impl Supervisor {
                 let msg_type = String::from_utf8_lossy(&parts[1]).into_owned();
                 let topic = parts[2].clone();
                 let parent = self.parent_raw();
-                let parent = if parent.is_empty() {
-                    Parent::None
-                } else {
-                    Parent::Raw(&parent)
-                };
+                let parent = if parent.is_empty() { Parent::None } else { Parent::Raw(&parent) };
                 let bufs = parts[4..].to_vec();
                 let mut idents = Vec::new();
                 if !topic.is_empty() {
                     idents.push(topic);
                 }
                 let meta = EngineMetadata { engine: &self.uuid };
-                match self.session.serialize_packed_content(
-                    idents,
-                    &msg_type,
-                    parent,
-                    &meta,
-                    parts[3].clone(),
-                    bufs,
-                ) {
+                match self.session.serialize_packed_content(idents, &msg_type, parent, &meta, parts[3].clone(), bufs) {
                     Ok((_, f)) => {
                         if let Err(e) = tp::send(&self.iopub, f) {
                             tracing::warn!("iopub: {msg_type} not sent: {e}");
@@ -577,14 +462,7 @@ impl Supervisor {
                 } else {
                     let mut md = self.reply_meta(&job, run.started);
                     md.finish(&status, Some(&ename), || self.engine_info());
-                    self.session.serialize_packed_content(
-                        job.idents.clone(),
-                        job.kind.reply_type(),
-                        Parent::Raw(&job.header_raw),
-                        &md,
-                        content,
-                        bufs,
-                    )
+                    self.session.serialize_packed_content(job.idents.clone(), job.kind.reply_type(), Parent::Raw(&job.header_raw), &md, content, bufs)
                 };
                 match frames {
                     Ok((_, f)) => self.send_shell_or_control(job.channel, f),
@@ -597,10 +475,7 @@ impl Supervisor {
             }
             _ => {
                 self.stats.bad_worker_messages += 1;
-                tracing::warn!(
-                    "dropped a malformed message from the worker ({} parts)",
-                    parts.len()
-                );
+                tracing::warn!("dropped a malformed message from the worker ({} parts)", parts.len());
             }
         }
     }
@@ -614,18 +489,11 @@ impl Supervisor {
         }
     }
 
-    fn decode(
-        &mut self,
-        channel: Channel,
-        frames: Vec<Message>,
-    ) -> Option<(Envelope<Message>, Header)> {
+    fn decode(&mut self, channel: Channel, frames: Vec<Message>) -> Option<(Envelope<Message>, Header)> {
         match self.session.receive(frames, true) {
             Ok(x) => Some(x),
             Err((e, frames)) => {
-                let peer = frames
-                    .first()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .unwrap_or_default();
+                let peer = frames.first().map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
                 self.stats.count_drop(e.reason());
                 tracing::warn!("{channel:?}: dropped a message from {peer:?}: {e}");
                 None
@@ -633,17 +501,8 @@ impl Supervisor {
         }
     }
 
-    fn make_job(
-        &mut self,
-        kind: Kind,
-        channel: Channel,
-        env: &Envelope<Message>,
-        header: Header,
-    ) -> Job {
-        let meta: RequestMetadata = self
-            .session
-            .unpack(env.metadata_bytes())
-            .unwrap_or_default();
+    fn make_job(&mut self, kind: Kind, channel: Channel, env: &Envelope<Message>, header: Header) -> Job {
+        let meta: RequestMetadata = self.session.unpack(env.metadata_bytes()).unwrap_or_default();
         let mut stop_on_error = false;
         if kind == Kind::Execute {
             if let Ok(c) = self.session.unpack::<Value>(env.content_bytes()) {
@@ -683,21 +542,9 @@ impl Supervisor {
         self.queue.push_back(job);
     }
 
-    fn control_reply<C: serde::Serialize>(
-        &mut self,
-        env: &Envelope<Message>,
-        reply_type: &str,
-        content: &C,
-    ) {
+    fn control_reply<C: serde::Serialize>(&mut self, env: &Envelope<Message>, reply_type: &str, content: &C) {
         let idents = copy_frames(env.idents());
-        match self.session.serialize(
-            idents,
-            reply_type,
-            Parent::Raw(env.header_bytes()),
-            &EngineMetadata { engine: &self.uuid },
-            content,
-            vec![],
-        ) {
+        match self.session.serialize(idents, reply_type, Parent::Raw(env.header_bytes()), &EngineMetadata { engine: &self.uuid }, content, vec![]) {
             Ok((_, f)) => self.send_shell_or_control(Channel::Control, f),
             Err(e) => tracing::error!("cannot pack {reply_type}: {e}"),
         }
@@ -727,10 +574,7 @@ impl Supervisor {
                 self.status("busy", &parent);
                 let ids: Vec<String> = match content.get("msg_ids") {
                     Value::Str(s) => vec![s.clone()],
-                    Value::Array(a) => a
-                        .iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect(),
+                    Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
                     _ => Vec::new(),
                 };
                 if ids.is_empty() {
@@ -767,11 +611,7 @@ impl Supervisor {
                         }
                         vmap! {"status" => "ok"}
                     }
-                    None => ippx_protocol::content::ErrorContent::new(
-                        "ValueError",
-                        format!("bad signal: {:?}", content.get("sig")),
-                    )
-                    .to_value(),
+                    None => ippx_protocol::content::ErrorContent::new("ValueError", format!("bad signal: {:?}", content.get("sig"))).to_value(),
                 };
                 self.control_reply(&env, "_request", &reply);
             }
@@ -809,14 +649,7 @@ impl Supervisor {
     }
 
     fn unregister(&mut self) {
-        match self.session.serialize(
-            vec![],
-            "unregistration_request",
-            Parent::None,
-            &Value::map(),
-            &vmap! {"id" => self.id},
-            vec![],
-        ) {
+        match self.session.serialize(vec![], "unregistration_request", Parent::None, &Value::map(), &vmap! {"id" => self.id}, vec![]) {
             Ok((_, f)) => {
                 if let Err(e) = tp::send(&self.reg, f) {
                     tracing::warn!("unregistration not sent: {e}");
@@ -840,11 +673,9 @@ impl Supervisor {
                     let job = run.job;
                     let evalue = format!("the engine's Python worker was killed by signal {sig} ({name}) while running this task");
                     let mut err = ippx_protocol::content::ErrorContent::new("EngineError", evalue);
-                    err.traceback = vec![format!("EngineError: engine {} lost its Python worker to signal {sig} ({name}); its namespace is lost\n", self.id)];
-                    err.engine_info = Value::Map(vec![
-                        ("engine_uuid".into(), self.uuid.clone().into()),
-                        ("engine_id".into(), Value::Int(self.id)),
-                    ]);
+                    err.traceback =
+                        vec![format!("EngineError: engine {} lost its Python worker to signal {sig} ({name}); its namespace is lost\n", self.id)];
+                    err.engine_info = Value::Map(vec![("engine_uuid".into(), self.uuid.clone().into()), ("engine_id".into(), Value::Int(self.id))]);
                     let mut md = self.reply_meta(&job, run.started);
                     md.finish("error", Some("EngineError"), || self.engine_info());
                     match self.session.serialize(
@@ -861,17 +692,12 @@ impl Supervisor {
                     self.last_parent = job.header_raw.clone();
                     self.status("idle", &job.header_raw);
                 }
-                let note = format!("[ippx-engine] engine {}: the Python worker was killed by signal {sig} ({name}) and restarted; the namespace was lost\n", self.id);
-                let parent = self.last_parent.clone();
-                self.publish(
-                    "stderr",
-                    "stream",
-                    &parent,
-                    &StreamContent {
-                        name: "stderr",
-                        text: &note,
-                    },
+                let note = format!(
+                    "[ippx-engine] engine {}: the Python worker was killed by signal {sig} ({name}) and restarted; the namespace was lost\n",
+                    self.id
                 );
+                let parent = self.last_parent.clone();
+                self.publish("stderr", "stream", &parent, &StreamContent { name: "stderr", text: &note });
                 self.spec.restarts += 1;
                 match WorkerProc::spawn(&self.spec) {
                     Ok(w) => {
@@ -918,14 +744,13 @@ impl Supervisor {
             if let Some(w) = &wfds {
                 fds.extend_from_slice(w);
             }
-            let (ready, fdr) =
-                match tp::poll_with_fds(&[&self.control, &self.shell, &self.reg], &fds, timeout) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!("poll failed: {e}");
-                        break 1;
-                    }
-                };
+            let (ready, fdr) = match tp::poll_with_fds(&[&self.control, &self.shell, &self.reg], &fds, timeout) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!("poll failed: {e}");
+                    break 1;
+                }
+            };
             // Signals.
             if fdr[0].readable {
                 let mut stop = None;
@@ -997,20 +822,12 @@ impl Supervisor {
                 }
             }
             let now = Instant::now();
-            if self
-                .out
-                .iter()
-                .any(|o| o.since.is_some_and(|s| now >= s + OUTPUT_LINGER))
-            {
+            if self.out.iter().any(|o| o.since.is_some_and(|s| now >= s + OUTPUT_LINGER)) {
                 self.flush_output();
             }
             if now >= next_check {
                 next_check = now + hb_check;
-                let pings = self
-                    .heart
-                    .state
-                    .pings
-                    .load(std::sync::atomic::Ordering::Relaxed);
+                let pings = self.heart.state.pings.load(std::sync::atomic::Ordering::Relaxed);
                 if self.watchdog.check(pings) {
                     tracing::error!(
                         "no heartbeat from the controller in {} checks of {} ms: unregistering",
@@ -1019,11 +836,7 @@ impl Supervisor {
                     );
                     break 1;
                 } else if self.watchdog.misses > 0 {
-                    tracing::warn!(
-                        "no heartbeat in the last {} ms ({} time(s) in a row)",
-                        hb_check.as_millis(),
-                        self.watchdog.misses
-                    );
+                    tracing::warn!("no heartbeat in the last {} ms ({} time(s) in a row)", hb_check.as_millis(), self.watchdog.misses);
                 }
             }
         };

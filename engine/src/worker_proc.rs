@@ -92,17 +92,12 @@ impl WorkerProc {
         let link_fd = child_link.as_raw_fd();
         let life_fd = life_r.as_raw_fd();
         let mut cmd = Command::new(&spec.exe);
-        cmd.arg("--ippx-worker")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w));
+        cmd.arg("--ippx-worker").stdin(Stdio::null()).stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
         // SAFETY: only async-signal-safe calls (dup2, setpgid is not used) between fork
         // and exec. dup2 clears close-on-exec on the targets.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(link_fd, crate::worker::LINK_FD) < 0
-                    || libc::dup2(life_fd, crate::worker::LIFELINE_FD) < 0
-                {
+                if libc::dup2(link_fd, crate::worker::LINK_FD) < 0 || libc::dup2(life_fd, crate::worker::LIFELINE_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -133,11 +128,7 @@ impl WorkerProc {
 
     /// `--in-process`: the worker is this process's main thread, already serving `link`'s
     /// other end; `out` are the read ends of the pipes now on fds 1 and 2.
-    pub fn in_process(
-        spec: &WorkerSpec,
-        link: UnixStream,
-        out: [PipeReader; 2],
-    ) -> std::io::Result<WorkerProc> {
+    pub fn in_process(spec: &WorkerSpec, link: UnixStream, out: [PipeReader; 2]) -> std::io::Result<WorkerProc> {
         link.set_nonblocking(true)?;
         for r in &out {
             set_nonblocking(r.as_raw_fd())?;
@@ -163,11 +154,7 @@ impl WorkerProc {
 
     /// (link, wants write), stdout, stderr: for the supervisor's poll.
     pub fn poll_fds(&self) -> [(RawFd, bool); 3] {
-        [
-            (self.link.as_raw_fd(), self.writer.pending()),
-            (self.out[0].as_raw_fd(), false),
-            (self.out[1].as_raw_fd(), false),
-        ]
+        [(self.link.as_raw_fd(), self.writer.pending()), (self.out[0].as_raw_fd(), false), (self.out[1].as_raw_fd(), false)]
     }
 
     pub fn flush_writes(&mut self) -> std::io::Result<()> {
@@ -222,11 +209,7 @@ impl WorkerProc {
         // handles, so the kernel delivers them to that thread and interrupts its sleep.
         let r = unsafe { libc::kill(self.pid as libc::pid_t, sig) };
         if r != 0 {
-            tracing::warn!(
-                "signal {sig} to worker {}: {}",
-                self.pid,
-                std::io::Error::last_os_error()
-            );
+            tracing::warn!("signal {sig} to worker {}: {}", self.pid, std::io::Error::last_os_error());
         }
     }
 
@@ -246,9 +229,7 @@ impl WorkerProc {
                         _ => Exit::Code(1),
                     }
                 }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
                 Ok(None) => {
                     // Closed its link but lives on: it is of no use any more.
                     // SAFETY: kill(2) on our own child.
@@ -294,8 +275,7 @@ impl Drop for WorkerProc {
 /// and subprocesses print there, as from a worker process), and the log goes to a copy of
 /// the original stderr. Returns (supervisor's link end, worker's link end, pipe read
 /// ends, log file).
-pub fn in_process_stdio(
-) -> std::io::Result<(UnixStream, UnixStream, [PipeReader; 2], std::fs::File)> {
+pub fn in_process_stdio() -> std::io::Result<(UnixStream, UnixStream, [PipeReader; 2], std::fs::File)> {
     use std::os::fd::FromRawFd;
     // SAFETY: dup of our own stderr; the new fd is owned by the returned File.
     let log_fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10) };
@@ -326,20 +306,10 @@ pub fn mask_python_signals(block: bool) {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [
-            libc::SIGINT,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-            libc::SIGALRM,
-            libc::SIGWINCH,
-        ] {
+        for s in [libc::SIGINT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGWINCH] {
             libc::sigaddset(&mut set, s);
         }
-        let how = if block {
-            libc::SIG_BLOCK
-        } else {
-            libc::SIG_UNBLOCK
-        };
+        let how = if block { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
         libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }

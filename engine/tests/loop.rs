@@ -64,21 +64,8 @@ impl FakeHub {
             unpack: "msgpack".into(),
             signature_scheme: "hmac-sha256".into(),
         };
-        let session = Session::new(SessionConfig::new(KEY.as_bytes().to_vec(), Packer::Msgpack))
-            .expect("session");
-        FakeHub {
-            _ctx: ctx,
-            reg,
-            mux,
-            control,
-            iopub,
-            ping,
-            pong,
-            _task: task,
-            _bcast: bcast,
-            info,
-            session,
-        }
+        let session = Session::new(SessionConfig::new(KEY.as_bytes().to_vec(), Packer::Msgpack)).expect("session");
+        FakeHub { _ctx: ctx, reg, mux, control, iopub, ping, pong, _task: task, _bcast: bcast, info, session }
     }
 
     /// Next message on `s` within `t`.
@@ -96,15 +83,8 @@ impl FakeHub {
         }
     }
 
-    fn decode(
-        &mut self,
-        frames: Vec<Vec<u8>>,
-    ) -> (Envelope<Vec<u8>>, ippx_protocol::Header, Value, Value) {
-        let (env, h) = self
-            .session
-            .receive(frames, false)
-            .map_err(|e| e.0)
-            .expect("valid message");
+    fn decode(&mut self, frames: Vec<Vec<u8>>) -> (Envelope<Vec<u8>>, ippx_protocol::Header, Value, Value) {
+        let (env, h) = self.session.receive(frames, false).map_err(|e| e.0).expect("valid message");
         let md: Value = self.session.unpack(env.metadata_bytes()).expect("metadata");
         let c: Value = self.session.unpack(env.content_bytes()).expect("content");
         (env, h, md, c)
@@ -116,22 +96,9 @@ impl FakeHub {
         let ident = frames[0].clone();
         let (_, h, _, c) = self.decode(frames);
         assert_eq!(h.msg_type, "registration_request");
-        assert_eq!(
-            c.get("uuid").as_str().map(str::as_bytes),
-            Some(ident.as_slice())
-        );
+        assert_eq!(c.get("uuid").as_str().map(str::as_bytes), Some(ident.as_slice()));
         let reply = vmap! {"status" => "ok", "id" => id, "hb_period" => 200i64};
-        let (_, f) = self
-            .session
-            .serialize(
-                vec![ident.clone()],
-                "registration_reply",
-                Parent::None,
-                &Value::map(),
-                &reply,
-                vec![],
-            )
-            .expect("ser");
+        let (_, f) = self.session.serialize(vec![ident.clone()], "registration_reply", Parent::None, &Value::map(), &reply, vec![]).expect("ser");
         tp::send(&self.reg, f).expect("send");
         ident
     }
@@ -164,10 +131,7 @@ impl FakeHub {
     }
 
     /// IOPub messages (topic, msg_type, parent msg_id, content) until `stop` matches.
-    fn iopub_until(
-        &mut self,
-        stop: impl Fn(&str, &Value) -> bool,
-    ) -> Vec<(Vec<u8>, String, String, Value)> {
+    fn iopub_until(&mut self, stop: impl Fn(&str, &Value) -> bool) -> Vec<(Vec<u8>, String, String, Value)> {
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -176,18 +140,10 @@ impl FakeHub {
             };
             let topic = frames[0].clone();
             let (env, h, md, c) = self.decode(frames);
-            assert!(
-                md.get("engine").as_str().is_some(),
-                "every engine message carries metadata.engine"
-            );
+            assert!(md.get("engine").as_str().is_some(), "every engine message carries metadata.engine");
             let parent: Value = self.session.unpack(env.parent_bytes()).expect("parent");
             let done = stop(&h.msg_type, &c);
-            got.push((
-                topic,
-                h.msg_type,
-                parent.get("msg_id").as_str().unwrap_or("").to_owned(),
-                c,
-            ));
+            got.push((topic, h.msg_type, parent.get("msg_id").as_str().unwrap_or("").to_owned(), c));
             if done {
                 return got;
             }
@@ -197,9 +153,7 @@ impl FakeHub {
 }
 
 fn python() -> Option<String> {
-    std::env::var("IPPX_PYTHON")
-        .ok()
-        .filter(|p| std::path::Path::new(p).exists())
+    std::env::var("IPPX_PYTHON").ok().filter(|p| std::path::Path::new(p).exists())
 }
 
 /// Kills the engine if the test fails before it exits by itself.
@@ -243,20 +197,12 @@ fn wait_exit(child: &mut Child, t: Duration) -> Option<i32> {
 }
 
 fn fixture_apply_request() -> (Value, Vec<Vec<u8>>) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../protocol/tests/fixtures/captured/msgpack/apply_request.json");
-    let j: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
-    let frames: Vec<Vec<u8>> = j["frames_hex"]
-        .as_array()
-        .expect("frames")
-        .iter()
-        .map(|h| hex::decode(h.as_str().expect("hex")).expect("hex"))
-        .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/fixtures/captured/msgpack/apply_request.json");
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
+    let frames: Vec<Vec<u8>> =
+        j["frames_hex"].as_array().expect("frames").iter().map(|h| hex::decode(h.as_str().expect("hex")).expect("hex")).collect();
     let n_idents = j["n_idents"].as_u64().expect("n") as usize;
-    let meta: Value = Packer::Msgpack
-        .unpack(&frames[n_idents + 4])
-        .expect("metadata");
+    let meta: Value = Packer::Msgpack.unpack(&frames[n_idents + 4]).expect("metadata");
     (meta, frames[n_idents + 6..].to_vec())
 }
 
@@ -274,35 +220,17 @@ fn registers_beats_applies_drops_forgeries_and_shuts_down() {
     hub.settle();
 
     // A forged request (wrong key) first: dropped, no reply, nothing else disturbed.
-    let mut forger =
-        Session::new(SessionConfig::new(b"wrong".to_vec(), Packer::Msgpack)).expect("s");
+    let mut forger = Session::new(SessionConfig::new(b"wrong".to_vec(), Packer::Msgpack)).expect("s");
     let (meta, bufs) = fixture_apply_request();
-    let (_, f) = forger
-        .serialize(
-            vec![uuid.clone(), b"client".to_vec()],
-            "apply_request",
-            Parent::None,
-            &meta,
-            &Value::map(),
-            bufs.clone(),
-        )
-        .expect("ser");
+    let (_, f) =
+        forger.serialize(vec![uuid.clone(), b"client".to_vec()], "apply_request", Parent::None, &meta, &Value::map(), bufs.clone()).expect("ser");
     tp::send(&hub.mux, f).expect("send");
 
     // The fixture's apply_request (add(1, 2) in ipyparallel's pickles), properly signed.
     let mut meta = meta;
     meta.insert("label", Value::from("L1"));
-    let (h, f) = hub
-        .session
-        .serialize(
-            vec![uuid.clone(), b"client".to_vec()],
-            "apply_request",
-            Parent::None,
-            &meta,
-            &Value::map(),
-            bufs,
-        )
-        .expect("ser");
+    let (h, f) =
+        hub.session.serialize(vec![uuid.clone(), b"client".to_vec()], "apply_request", Parent::None, &meta, &Value::map(), bufs).expect("ser");
     tp::send(&hub.mux, f).expect("send");
     let frames = FakeHub::recv(&hub.mux, Duration::from_secs(20)).expect("apply_reply");
     assert_eq!(frames[0], uuid);
@@ -310,10 +238,7 @@ fn registers_beats_applies_drops_forgeries_and_shuts_down() {
     let (env, rh, md, c) = hub.decode(frames);
     assert_eq!(rh.msg_type, "apply_reply");
     assert_eq!(c.get("status").as_str(), Some("ok"));
-    assert_eq!(
-        md.get("engine").as_str().map(str::as_bytes),
-        Some(uuid.as_slice())
-    );
+    assert_eq!(md.get("engine").as_str().map(str::as_bytes), Some(uuid.as_slice()));
     assert_eq!(md.get("status").as_str(), Some("ok"));
     assert_eq!(md.get("label").as_str(), Some("L1"));
     assert_eq!(md.get("dependencies_met").as_bool(), Some(true));
@@ -323,13 +248,9 @@ fn registers_beats_applies_drops_forgeries_and_shuts_down() {
     // serialize_object(3): pickle protocol 4 of the int 3
     assert_eq!(env.buffers()[0], b"\x80\x04K\x03.".to_vec());
     // busy then idle on IOPub, both with the request as parent
-    let msgs =
-        hub.iopub_until(|t, c| t == "status" && c.get("execution_state").as_str() == Some("idle"));
-    let statuses: Vec<_> = msgs
-        .iter()
-        .filter(|m| m.1 == "status" && m.2 == h.msg_id)
-        .map(|m| m.3.get("execution_state").as_str().unwrap_or("").to_owned())
-        .collect();
+    let msgs = hub.iopub_until(|t, c| t == "status" && c.get("execution_state").as_str() == Some("idle"));
+    let statuses: Vec<_> =
+        msgs.iter().filter(|m| m.1 == "status" && m.2 == h.msg_id).map(|m| m.3.get("execution_state").as_str().unwrap_or("").to_owned()).collect();
     assert_eq!(statuses, vec!["busy".to_owned(), "idle".to_owned()]);
     assert!(msgs.iter().all(|m| m.0 == b"engine.7.status"));
     // the forged request got nothing
@@ -339,14 +260,7 @@ fn registers_beats_applies_drops_forgeries_and_shuts_down() {
     // unregistration and exit 0
     let (sh, f) = hub
         .session
-        .serialize(
-            vec![uuid.clone(), b"client".to_vec()],
-            "shutdown_request",
-            Parent::None,
-            &Value::map(),
-            &vmap! {"restart" => false},
-            vec![],
-        )
+        .serialize(vec![uuid.clone(), b"client".to_vec()], "shutdown_request", Parent::None, &Value::map(), &vmap! {"restart" => false}, vec![])
         .expect("ser");
     tp::send(&hub.control, f).expect("send");
     let frames = FakeHub::recv(&hub.control, Duration::from_secs(10)).expect("shutdown_reply");

@@ -2,7 +2,7 @@
 //!
 //! Hand-parsed rather than with clap: traitlets accepts `--Class.trait=value` for any
 //! class, `--name value` as well as `--name=value`, and bare flags, and unknown traits
-//! must warn rather than fail (spec 7.2). Everything funnels into [`apply_trait`], so a
+//! must warn rather than fail (docs/protocol.md §7.2). Everything funnels into [`apply_trait`], so a
 //! trait set on the command line and in the config file behave the same.
 
 use ippx_protocol::Packer;
@@ -494,7 +494,7 @@ pub fn scheduler_metrics_addr(cfg: &HubConfig) -> Option<String> {
     cfg.scheduler_metrics_addr.clone()
 }
 
-/// `IPP_*` variables the stock controller reads (spec 7.2).
+/// `IPP_*` variables the stock controller reads (docs/protocol.md §7.2).
 pub fn apply_env(cfg: &mut HubConfig, get: impl Fn(&str) -> Option<String>) {
     if let Some(v) = get("IPYTHONDIR").filter(|v| !v.is_empty()) {
         cfg.ipython_dir = Some(PathBuf::from(v));
@@ -694,7 +694,11 @@ mod tests {
     fn config_file_lines_then_cli_wins() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("ipcontroller_config.py");
-        std::fs::write(&p, "c = get_config()\nc.HeartMonitor.period = 200\nc.TaskScheduler.hwm = 0  # unlimited\nc.IPController.reuse_files = True\nprint('x')\n").expect("write");
+        std::fs::write(
+            &p,
+            "c = get_config()\nc.HeartMonitor.period = 200\nc.TaskScheduler.hwm = 0  # unlimited\nc.IPController.reuse_files = True\nprint('x')\n",
+        )
+        .expect("write");
         let mut c = HubConfig::default();
         apply_config_file(&mut c, &p).expect("ok");
         assert_eq!((c.ping_ms, c.hwm, c.reuse), (200, 0, true));

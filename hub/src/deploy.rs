@@ -35,16 +35,13 @@ pub enum DeployAction {
 pub enum DeployError {
     #[error("--print-connection-info needs fixed ports (e.g. --ports=21000-21017); {0} would be chosen by the OS at start")]
     PortsNotFixed(&'static str),
-    #[error("--print-connection-info needs the key from $IPP_SESSION_KEY, --Session.key or --keyfile (without one a random key is made on every start)")]
+    #[error(
+        "--print-connection-info needs the key from $IPP_SESSION_KEY, --Session.key or --keyfile (without one a random key is made on every start)"
+    )]
     NoKey,
     #[error("reading keyfile {path}: {source}")]
-    Keyfile {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "--print-connection-info with --reuse: the files of the last run decide; read them instead"
-    )]
+    Keyfile { path: String, source: std::io::Error },
+    #[error("--print-connection-info with --reuse: the files of the last run decide; read them instead")]
     Reuse,
     #[error("{0}")]
     Json(#[from] serde_json::Error),
@@ -63,11 +60,7 @@ pub enum ProbeError {
     #[error("{0}: not an HTTP response: {1:?}")]
     Response(String, String),
     #[error("{url}: HTTP {status}: {body}")]
-    NotReady {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    NotReady { url: String, status: u16, body: String },
 }
 
 /// Removes `--print-connection-info[=]WHICH`, `--probe[=]URL` and `--probe-timeout[=]SECS`
@@ -83,10 +76,7 @@ pub fn take_flags(args: &[String]) -> Result<(Option<DeployAction>, Vec<String>)
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (arg.as_str(), None),
         };
-        if !matches!(
-            name,
-            "--print-connection-info" | "--probe" | "--probe-timeout"
-        ) {
+        if !matches!(name, "--print-connection-info" | "--probe" | "--probe-timeout") {
             rest.push(arg.clone());
             continue;
         }
@@ -103,33 +93,21 @@ pub fn take_flags(args: &[String]) -> Result<(Option<DeployAction>, Vec<String>)
                 print = Some(match value.as_str() {
                     "engine" => Which::Engine,
                     "client" => Which::Client,
-                    _ => {
-                        return Err(CliError(format!(
-                            "--print-connection-info: expected engine or client, got {value:?}"
-                        )))
-                    }
+                    _ => return Err(CliError(format!("--print-connection-info: expected engine or client, got {value:?}"))),
                 })
             }
             "--probe" => probe = Some(value),
             _ => {
-                let secs: f64 = value.parse().map_err(|_| {
-                    CliError(format!("--probe-timeout: expected seconds, got {value:?}"))
-                })?;
+                let secs: f64 = value.parse().map_err(|_| CliError(format!("--probe-timeout: expected seconds, got {value:?}")))?;
                 if !(secs > 0.0 && secs < 3600.0) {
-                    return Err(CliError(format!(
-                        "--probe-timeout: expected seconds between 0 and 3600, got {value:?}"
-                    )));
+                    return Err(CliError(format!("--probe-timeout: expected seconds between 0 and 3600, got {value:?}")));
                 }
                 timeout = Duration::from_secs_f64(secs);
             }
         }
     }
     let action = match (print, probe) {
-        (Some(_), Some(_)) => {
-            return Err(CliError(
-                "--print-connection-info and --probe cannot be combined".into(),
-            ))
-        }
+        (Some(_), Some(_)) => return Err(CliError("--print-connection-info and --probe cannot be combined".into())),
         (Some(w), None) => Some(DeployAction::PrintConnectionInfo(w)),
         (None, Some(url)) => Some(DeployAction::Probe { url, timeout }),
         (None, None) => None,
@@ -140,12 +118,9 @@ pub fn take_flags(args: &[String]) -> Result<(Option<DeployAction>, Vec<String>)
 fn key(cfg: &HubConfig) -> Result<String, DeployError> {
     match (&cfg.key, &cfg.keyfile) {
         (Some(k), _) => Ok(k.clone()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim().to_owned())
-            .map_err(|source| DeployError::Keyfile {
-                path: f.display().to_string(),
-                source,
-            }),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).map(|s| s.trim().to_owned()).map_err(|source| DeployError::Keyfile { path: f.display().to_string(), source })
+        }
         // --no-secure: an empty key, as the controller uses then.
         (None, None) if !cfg.secure => Ok(String::new()),
         (None, None) => Err(DeployError::NoKey),
@@ -155,9 +130,7 @@ fn key(cfg: &HubConfig) -> Result<String, DeployError> {
 /// The two connection files a controller started with `cfg` will write, computed from the
 /// settings alone (the same port plan and fields as `Controller::bind`; the e2e test
 /// compares them with the files a running hub writes).
-pub fn connection_files(
-    cfg: &HubConfig,
-) -> Result<(EngineConnectionFile, ClientConnectionFile), DeployError> {
+pub fn connection_files(cfg: &HubConfig) -> Result<(EngineConnectionFile, ClientConnectionFile), DeployError> {
     if cfg.reuse {
         return Err(DeployError::Reuse);
     }
@@ -256,16 +229,11 @@ fn parse_url(url: &str) -> Option<(String, u16, String)> {
 pub fn probe(url: &str, timeout: Duration) -> Result<(), ProbeError> {
     let (host, port, path) = parse_url(url).ok_or_else(|| ProbeError::Url(url.to_owned()))?;
     let deadline = Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| ProbeError::Resolve(url.to_owned(), e))?
-        .collect();
+    let addrs: Vec<SocketAddr> = (host.as_str(), port).to_socket_addrs().map_err(|e| ProbeError::Resolve(url.to_owned(), e))?.collect();
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     let mut stream = None;
     for a in addrs {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         match TcpStream::connect_timeout(&a, left) {
             Ok(s) => {
                 stream = Some(s);
@@ -276,15 +244,10 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), ProbeError> {
     }
     let mut s = stream.ok_or_else(|| ProbeError::Connect(url.to_owned(), last))?;
     let io = |e| ProbeError::Io(url.to_owned(), e);
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     s.set_read_timeout(Some(left)).map_err(io)?;
     s.set_write_timeout(Some(left)).map_err(io)?;
-    s.write_all(
-        format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .map_err(io)?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(io)?;
     // A readiness answer is a few bytes; cap what we read so a wrong port cannot make us
     // buffer without bound.
     let mut buf = Vec::new();
@@ -295,24 +258,12 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), ProbeError> {
         .strip_prefix("HTTP/1.")
         .and_then(|r| r.get(2..5))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            ProbeError::Response(url.to_owned(), status_line.chars().take(80).collect())
-        })?;
+        .ok_or_else(|| ProbeError::Response(url.to_owned(), status_line.chars().take(80).collect()))?;
     if status == 200 {
         return Ok(());
     }
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim())
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect();
-    Err(ProbeError::NotReady {
-        url: url.to_owned(),
-        status,
-        body,
-    })
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or("").chars().take(200).collect();
+    Err(ProbeError::NotReady { url: url.to_owned(), status, body })
 }
 
 fn is_any(ip: &str) -> bool {
@@ -344,10 +295,7 @@ pub struct LocationReport {
 }
 
 fn ports(v: &[(&str, u16)]) -> String {
-    v.iter()
-        .map(|(n, p)| format!("{n}={p}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    v.iter().map(|(n, p)| format!("{n}={p}")).collect::<Vec<_>>().join(" ")
 }
 
 /// The addresses engines and clients on other machines will dial, and what is wrong with
@@ -468,24 +416,11 @@ mod tests {
 
     #[test]
     fn flags_are_taken_out_and_the_rest_left_in_order() {
-        let (a, rest) = take_flags(&args(&[
-            "--ip=0.0.0.0",
-            "--print-connection-info",
-            "engine",
-            "--ports=1-20",
-        ]))
-        .expect("ok");
+        let (a, rest) = take_flags(&args(&["--ip=0.0.0.0", "--print-connection-info", "engine", "--ports=1-20"])).expect("ok");
         assert_eq!(a, Some(DeployAction::PrintConnectionInfo(Which::Engine)));
         assert_eq!(rest, args(&["--ip=0.0.0.0", "--ports=1-20"]));
-        let (a, _) =
-            take_flags(&args(&["--probe=http://h:1/readyz", "--probe-timeout=0.5"])).expect("ok");
-        assert_eq!(
-            a,
-            Some(DeployAction::Probe {
-                url: "http://h:1/readyz".into(),
-                timeout: Duration::from_millis(500)
-            })
-        );
+        let (a, _) = take_flags(&args(&["--probe=http://h:1/readyz", "--probe-timeout=0.5"])).expect("ok");
+        assert_eq!(a, Some(DeployAction::Probe { url: "http://h:1/readyz".into(), timeout: Duration::from_millis(500) }));
         assert_eq!(take_flags(&args(&["--hwm=2"])).expect("ok").0, None);
         assert!(take_flags(&args(&["--print-connection-info=both"])).is_err());
         assert!(take_flags(&args(&["--probe"])).is_err());
@@ -499,34 +434,12 @@ mod tests {
         let a = connection_info(&cfg, Which::Engine).expect("engine");
         assert_eq!(a, connection_info(&cfg, Which::Engine).expect("again"));
         let e: serde_json::Value = serde_json::from_str(&a).expect("json");
-        assert_eq!(
-            (e["registration"].as_u64(), e["hb_pong"].as_u64()),
-            (Some(21000), Some(21006))
-        );
+        assert_eq!((e["registration"].as_u64(), e["hb_pong"].as_u64()), (Some(21000), Some(21006)));
         assert_eq!(e["broadcast"], serde_json::json!([21007, 21008]));
-        assert_eq!(
-            (
-                e["interface"].as_str(),
-                e["location"].as_str(),
-                e["key"].as_str()
-            ),
-            (Some("tcp://0.0.0.0"), Some("hub"), Some("k3y"))
-        );
-        assert_eq!(
-            (e["pack"].as_str(), e["signature_scheme"].as_str()),
-            (Some("msgpack"), Some("hmac-sha256"))
-        );
-        let c: serde_json::Value =
-            serde_json::from_str(&connection_info(&cfg, Which::Client).expect("client"))
-                .expect("json");
-        assert_eq!(
-            (
-                c["control"].as_u64(),
-                c["notification"].as_u64(),
-                c["broadcast"].as_u64()
-            ),
-            (Some(21009), Some(21013), Some(21014))
-        );
+        assert_eq!((e["interface"].as_str(), e["location"].as_str(), e["key"].as_str()), (Some("tcp://0.0.0.0"), Some("hub"), Some("k3y")));
+        assert_eq!((e["pack"].as_str(), e["signature_scheme"].as_str()), (Some("msgpack"), Some("hmac-sha256")));
+        let c: serde_json::Value = serde_json::from_str(&connection_info(&cfg, Which::Client).expect("client")).expect("json");
+        assert_eq!((c["control"].as_u64(), c["notification"].as_u64(), c["broadcast"].as_u64()), (Some(21009), Some(21013), Some(21014)));
         assert_eq!(c["task_scheme"].as_str(), Some("leastload"));
     }
 
@@ -534,44 +447,22 @@ mod tests {
     fn connection_info_refuses_what_would_differ_between_starts() {
         let mut cfg = fixed();
         cfg.ports = (21000..=21010).collect(); // too few: the client ports would be random
-        assert!(matches!(
-            connection_info(&cfg, Which::Client),
-            Err(DeployError::PortsNotFixed(_))
-        ));
+        assert!(matches!(connection_info(&cfg, Which::Client), Err(DeployError::PortsNotFixed(_))));
         let mut cfg = fixed();
         cfg.key = None;
-        assert!(matches!(
-            connection_info(&cfg, Which::Engine),
-            Err(DeployError::NoKey)
-        ));
+        assert!(matches!(connection_info(&cfg, Which::Engine), Err(DeployError::NoKey)));
         cfg.secure = false;
         assert!(connection_info(&cfg, Which::Engine).is_ok_and(|j| j.contains("\"key\":\"\"")));
         let dir = tempfile::tempdir().expect("tmp");
         let kf = dir.path().join("key");
         std::fs::write(&kf, "from-file\n").expect("write");
-        let cfg = HubConfig {
-            key: None,
-            keyfile: Some(kf),
-            ..fixed()
-        };
-        assert!(
-            connection_info(&cfg, Which::Engine).is_ok_and(|j| j.contains("\"key\":\"from-file\""))
-        );
-        let cfg = HubConfig {
-            reuse: true,
-            ..fixed()
-        };
-        assert!(matches!(
-            connection_info(&cfg, Which::Engine),
-            Err(DeployError::Reuse)
-        ));
+        let cfg = HubConfig { key: None, keyfile: Some(kf), ..fixed() };
+        assert!(connection_info(&cfg, Which::Engine).is_ok_and(|j| j.contains("\"key\":\"from-file\"")));
+        let cfg = HubConfig { reuse: true, ..fixed() };
+        assert!(matches!(connection_info(&cfg, Which::Engine), Err(DeployError::Reuse)));
     }
 
-    fn report(
-        cfg: &HubConfig,
-        resolved: &'static [&'static str],
-        local: &'static [&'static str],
-    ) -> LocationReport {
+    fn report(cfg: &HubConfig, resolved: &'static [&'static str], local: &'static [&'static str]) -> LocationReport {
         let (e, c) = connection_files(cfg).expect("files");
         location_report(
             cfg,
@@ -586,29 +477,13 @@ mod tests {
     fn report_names_the_dialed_addresses() {
         let r = report(&fixed(), &["10.0.0.1"], &["10.0.0.1"]);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-        assert!(
-            r.info[0].starts_with("engines will dial tcp://hub: registration=21000 control=21001"),
-            "{:?}",
-            r.info
-        );
+        assert!(r.info[0].starts_with("engines will dial tcp://hub: registration=21000 control=21001"), "{:?}", r.info);
         assert!(r.info[0].ends_with("broadcast=21007,21008"), "{:?}", r.info);
-        assert!(
-            r.info[1].starts_with("clients will dial tcp://hub: registration=21000 control=21009"),
-            "{:?}",
-            r.info
-        );
+        assert!(r.info[1].starts_with("clients will dial tcp://hub: registration=21000 control=21009"), "{:?}", r.info);
         // bound to one address: peers dial that, whatever the location
-        let cfg = HubConfig {
-            engine_ip: "10.0.0.1".into(),
-            client_ip: "10.0.0.1".into(),
-            ..fixed()
-        };
+        let cfg = HubConfig { engine_ip: "10.0.0.1".into(), client_ip: "10.0.0.1".into(), ..fixed() };
         let r = report(&cfg, &["127.0.1.1"], &[]);
-        assert!(
-            r.info[0].starts_with("engines will dial tcp://10.0.0.1:"),
-            "{:?}",
-            r.info
-        );
+        assert!(r.info[0].starts_with("engines will dial tcp://10.0.0.1:"), "{:?}", r.info);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
 
@@ -616,45 +491,16 @@ mod tests {
     fn loopback_and_foreign_locations_warn() {
         // Debian's /etc/hosts: the hostname is 127.0.1.1
         let r = report(&fixed(), &["127.0.1.1"], &["127.0.1.1"]);
-        assert!(
-            r.warnings.len() == 1 && r.warnings[0].contains("resolves to loopback (127.0.1.1)"),
-            "{:?}",
-            r.warnings
-        );
-        let cfg = HubConfig {
-            location: Some("127.0.0.1".into()),
-            ..fixed()
-        };
-        assert!(report(&cfg, &[], &["127.0.0.1"])
-            .warnings
-            .iter()
-            .any(|w| w.contains("loopback")));
+        assert!(r.warnings.len() == 1 && r.warnings[0].contains("resolves to loopback (127.0.1.1)"), "{:?}", r.warnings);
+        let cfg = HubConfig { location: Some("127.0.0.1".into()), ..fixed() };
+        assert!(report(&cfg, &[], &["127.0.0.1"]).warnings.iter().any(|w| w.contains("loopback")));
         let r = report(&fixed(), &["198.51.100.7"], &["10.0.0.1"]);
-        assert!(
-            r.warnings.len() == 1
-                && r.warnings[0].contains("none of which is an address of this machine"),
-            "{:?}",
-            r.warnings
-        );
+        assert!(r.warnings.len() == 1 && r.warnings[0].contains("none of which is an address of this machine"), "{:?}", r.warnings);
         // one of several addresses local: fine
-        assert!(
-            report(&fixed(), &["198.51.100.7", "10.0.0.1"], &["10.0.0.1"])
-                .warnings
-                .is_empty()
-        );
+        assert!(report(&fixed(), &["198.51.100.7", "10.0.0.1"], &["10.0.0.1"]).warnings.is_empty());
         let (e, c) = connection_files(&fixed()).expect("files");
-        let r = location_report(
-            &fixed(),
-            &e,
-            &c,
-            |_| Err(std::io::Error::other("no such host")),
-            |_| true,
-        );
-        assert!(
-            r.warnings.iter().any(|w| w.contains("does not resolve")),
-            "{:?}",
-            r.warnings
-        );
+        let r = location_report(&fixed(), &e, &c, |_| Err(std::io::Error::other("no such host")), |_| true);
+        assert!(r.warnings.iter().any(|w| w.contains("does not resolve")), "{:?}", r.warnings);
     }
 
     #[test]
@@ -669,11 +515,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
         let server = std::thread::spawn(move || {
-            for answer in [
-                "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n",
-                "HTTP/1.1 503 Service Unavailable\r\n\r\nstarting\n",
-                "garbage",
-            ] {
+            for answer in ["HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nready\n", "HTTP/1.1 503 Service Unavailable\r\n\r\nstarting\n", "garbage"] {
                 let (mut s, _) = l.accept().expect("accept");
                 let mut req = [0u8; 512];
                 let n = s.read(&mut req).expect("read");
@@ -684,27 +526,12 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/readyz");
         assert!(probe(&url, Duration::from_secs(5)).is_ok());
         let e = probe(&format!("127.0.0.1:{port}"), Duration::from_secs(5)).expect_err("503");
-        assert!(
-            matches!(&e, ProbeError::NotReady { status: 503, body, .. } if body == "starting"),
-            "{e}"
-        );
-        assert!(matches!(
-            probe(&url, Duration::from_secs(5)),
-            Err(ProbeError::Response(..))
-        ));
+        assert!(matches!(&e, ProbeError::NotReady { status: 503, body, .. } if body == "starting"), "{e}");
+        assert!(matches!(probe(&url, Duration::from_secs(5)), Err(ProbeError::Response(..))));
         server.join().expect("server");
         // nothing listens there any more
-        assert!(matches!(
-            probe(&url, Duration::from_secs(2)),
-            Err(ProbeError::Connect(..))
-        ));
-        assert!(matches!(
-            probe("ftp://x:1/", Duration::from_secs(1)),
-            Err(ProbeError::Url(_))
-        ));
-        assert!(matches!(
-            probe("http://nohost/", Duration::from_secs(1)),
-            Err(ProbeError::Url(_))
-        ));
+        assert!(matches!(probe(&url, Duration::from_secs(2)), Err(ProbeError::Connect(..))));
+        assert!(matches!(probe("ftp://x:1/", Duration::from_secs(1)), Err(ProbeError::Url(_))));
+        assert!(matches!(probe("http://nohost/", Duration::from_secs(1)), Err(ProbeError::Url(_))));
     }
 }

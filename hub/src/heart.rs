@@ -1,4 +1,4 @@
-//! The heart monitor (spec 3.3) as a pure state machine.
+//! The heart monitor (docs/protocol.md §3.3) as a pure state machine.
 //!
 //! Every period it emits one ping (an opaque ASCII float, the monitor's lifetime) and
 //! judges the hearts that answered since the last tick. Between ticks it may send extra

@@ -75,7 +75,6 @@ pub struct HubMetrics {
     seen: BTreeMap<String, u64>,
 }
 
-
 fn latency_buckets() -> Histogram {
     // 50 µs … ~100 s
     Histogram::new(exponential_buckets(50e-6, 2.0, 22))
@@ -135,7 +134,12 @@ impl HubMetrics {
             Unit::Seconds,
             self.latency.clone(),
         );
-        r.register_with_unit("task_run", "Time from an engine starting a task to its reply (engine clock), by queue", Unit::Seconds, self.run.clone());
+        r.register_with_unit(
+            "task_run",
+            "Time from an engine starting a task to its reply (engine clock), by queue",
+            Unit::Seconds,
+            self.run.clone(),
+        );
         r.register("messages_received", "Messages received by the hub, by socket and msg_type", self.received.clone());
         r.register("messages_dropped", "Messages the hub dropped, by reason", self.dropped.clone());
         r.register("heartbeats_missed", "Heartbeats engines failed to answer in time", self.missed_beats.clone());

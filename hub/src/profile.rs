@@ -1,4 +1,4 @@
-//! Profile directory layout (spec 2.1, 3.7) and the port pools of spec 2.5.
+//! Profile directory layout (docs/protocol.md §2.1, 3.7) and the port pools of docs/protocol.md §2.5.
 
 use crate::cli::HubConfig;
 use std::path::{Path, PathBuf};
@@ -15,10 +15,7 @@ impl Profile {
         let dir = match &cfg.profile_dir {
             Some(d) => d.clone(),
             None => {
-                let ipdir = cfg
-                    .ipython_dir
-                    .clone()
-                    .unwrap_or_else(|| home.unwrap_or_else(|| PathBuf::from(".")).join(".ipython"));
+                let ipdir = cfg.ipython_dir.clone().unwrap_or_else(|| home.unwrap_or_else(|| PathBuf::from(".")).join(".ipython"));
                 ipdir.join(format!("profile_{}", cfg.profile))
             }
         };
@@ -101,7 +98,6 @@ pub fn plan_ports(cfg: &HubConfig) -> PortPlan {
     };
     let leaves = 1usize << cfg.broadcast_depth.clamp(1, 8);
     p.engine_broadcast = (0..leaves).map(|_| e()).collect();
-    drop(e);
     let mut c = || if use_client_pool { client.next().unwrap_or(0) } else { common.next().unwrap_or(0) };
     p.client_control = c();
     p.client_mux = c();
@@ -109,7 +105,6 @@ pub fn plan_ports(cfg: &HubConfig) -> PortPlan {
     p.client_iopub = c();
     p.notification = c();
     p.client_broadcast = c();
-    drop(c);
     // Python puts internal broadcast ports here; we have none, the monitor comes last.
     // It is bound only with --scheduler-mode=process; taking it from the pool keeps every
     // port the controller listens on inside --ports (issue 13).

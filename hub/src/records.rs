@@ -1,4 +1,4 @@
-//! Task records (spec 6.1): the fields, their wire form, and field selections.
+//! Task records (docs/protocol.md §6.1): the fields, their wire form, and field selections.
 //! The stores that keep them are in [`crate::store`].
 
 use ippx_protocol::datetime::{format_iso, Timestamp};
@@ -148,7 +148,7 @@ impl Fields {
         Fields::ALL.without(Field::Buffers).without(Field::ResultBuffers)
     }
 
-    /// What a `result_reply` entry is built from (spec 4.3.2).
+    /// What a `result_reply` entry is built from (docs/protocol.md §4.3.2).
     pub fn result_entry() -> Fields {
         Fields::of(&[
             Field::Header,
@@ -290,7 +290,7 @@ impl TaskRecord {
 
     /// Merges a request record into an existing one (IOPub or a resubmission may have
     /// created it first): fields the existing record lacks are filled; where both are set
-    /// the new wins (spec 6.2).
+    /// the new wins (docs/protocol.md §6.2).
     pub fn merge_request(&mut self, new: TaskRecord) {
         fn take<T>(slot: &mut Option<T>, new: Option<T>) {
             if new.is_some() {
@@ -315,7 +315,7 @@ impl TaskRecord {
         take_v(&mut self.label, new.label);
     }
 
-    /// The entry of a `result_reply` for this record (spec 4.3.2).
+    /// The entry of a `result_reply` for this record (docs/protocol.md §4.3.2).
     pub fn result_entry(&self) -> Value {
         vmap! {
             "header" => self.header.clone(),

@@ -1,4 +1,4 @@
-//! The engine registration table (spec 3.1–3.7): ids, uuids and pending registrations.
+//! The engine registration table (docs/protocol.md §3.1–3.7): ids, uuids and pending registrations.
 //! Pure: no sockets and no clock of its own.
 
 use ippx_protocol::EngineId;
@@ -41,7 +41,7 @@ pub struct Registry {
     by_uuid: HashMap<String, EngineId>,
     pending: HashMap<String, PendingRegistration>,
     next_id: u64,
-    /// Every id ever registered: `queue_request` with null targets lists them all (spec 4.3.1).
+    /// Every id ever registered: `queue_request` with null targets lists them all (docs/protocol.md §4.3.1).
     ever: BTreeSet<EngineId>,
 }
 
@@ -141,10 +141,7 @@ impl Registry {
     }
 
     pub fn state(&self) -> EngineState {
-        EngineState {
-            engines: self.engines.values().map(|e| (e.id.to_string(), e.uuid.clone())).collect(),
-            next_id: self.next_id,
-        }
+        EngineState { engines: self.engines.values().map(|e| (e.id.to_string(), e.uuid.clone())).collect(), next_id: self.next_id }
     }
 
     /// `--restore`: engines from the state file are registered at once, without notification.

@@ -220,11 +220,7 @@ pub fn read_env(vars: &[(String, String)]) -> Result<FileLayer, CliError> {
     if map.is_empty() {
         return Ok(FileLayer::default());
     }
-    let env = config::Environment::with_prefix("IPPX")
-        .prefix_separator("_")
-        .separator("__")
-        .try_parsing(true)
-        .source(Some(map));
+    let env = config::Environment::with_prefix("IPPX").prefix_separator("_").separator("__").try_parsing(true).source(Some(map));
     let c = config::Config::builder().add_source(env).build().map_err(|e| CliError(format!("invalid config: environment: {}", one_line(e))))?;
     c.try_deserialize().map_err(|e| CliError(format!("invalid config: environment (IPPX_*): {}", one_line(e))))
 }

@@ -167,7 +167,14 @@ impl Engine {
                         }
                         let md = vmap! {"status" => "ok", "dependencies_met" => true, "engine" => u.as_str(), "started" => format_iso(&now())};
                         let (_, reply) = sess
-                            .serialize(env.idents().to_vec(), "apply_reply", Parent::Raw(env.header_bytes()), &md, &vmap! {"status" => "ok"}, vec![b"result".to_vec()])
+                            .serialize(
+                                env.idents().to_vec(),
+                                "apply_reply",
+                                Parent::Raw(env.header_bytes()),
+                                &md,
+                                &vmap! {"status" => "ok"},
+                                vec![b"result".to_vec()],
+                            )
                             .expect("pack");
                         let _ = tp::send(s, reply);
                     }
@@ -235,7 +242,10 @@ impl Client {
     fn apply(&mut self, on_mux_to: Option<&str>) -> Header {
         let idents = on_mux_to.map(|u| vec![u.as_bytes().to_vec()]).unwrap_or_default();
         let sock = if on_mux_to.is_some() { &self.mux } else { &self.task };
-        let (h, frames) = self.sess.serialize(idents, "apply_request", Parent::None, &Value::map(), &Value::map(), vec![b"f".to_vec(), b"args".to_vec()]).expect("pack");
+        let (h, frames) = self
+            .sess
+            .serialize(idents, "apply_request", Parent::None, &Value::map(), &Value::map(), vec![b"f".to_vec(), b"args".to_vec()])
+            .expect("pack");
         tp::send(sock, frames).expect("send");
         h
     }
@@ -277,7 +287,8 @@ fn an_engine_registers_and_runs_a_direct_and_a_load_balanced_task() {
     let engine = Engine::start(&ctl, &ctx, "engine-0");
     assert_eq!(engine.id, 0);
     client.wait_engines(1);
-    let (_, _, n) = recv_type(&mut client.sess, &client.notif, "registration_notification", Duration::from_secs(5)).expect("registration_notification");
+    let (_, _, n) =
+        recv_type(&mut client.sess, &client.notif, "registration_notification", Duration::from_secs(5)).expect("registration_notification");
     assert_eq!((n.get("id").as_i64(), n.get("uuid").as_str()), (Some(0), Some("engine-0")));
 
     let direct = client.apply(Some(&engine.uuid));
@@ -307,7 +318,8 @@ fn forged_messages_are_not_acted_on() {
     // A registration and a task signed with another key: neither is acted on.
     let mut forger = Session::new(SessionConfig::new(b"not-the-key".to_vec(), Packer::Msgpack)).expect("session");
     let reg = socket(&ctx, SocketType::DEALER, None, &ctl.engine_url(ctl.engine.registration));
-    let (_, frames) = forger.serialize(vec![], "registration_request", Parent::None, &Value::map(), &vmap! {"uuid" => "forged"}, vec![]).expect("pack");
+    let (_, frames) =
+        forger.serialize(vec![], "registration_request", Parent::None, &Value::map(), &vmap! {"uuid" => "forged"}, vec![]).expect("pack");
     tp::send(&reg, frames).expect("send");
     let (forged_task, frames) = forger.serialize(vec![], "apply_request", Parent::None, &Value::map(), &Value::map(), vec![]).expect("pack");
     tp::send(&client.task, frames).expect("send");
@@ -318,7 +330,11 @@ fn forged_messages_are_not_acted_on() {
     let md = client.reply_to(true, &good.msg_id);
     assert_eq!(md.get("engine").as_str(), Some(engine.uuid.as_str()));
     assert_eq!(client.engines().len(), 1, "a forged registration must not register");
-    let c = client.ask("result_request", vmap! {"msg_ids" => Value::Array(vec![Value::from(forged_task.msg_id.as_str())]), "status_only" => true}, "result_reply");
+    let c = client.ask(
+        "result_request",
+        vmap! {"msg_ids" => Value::Array(vec![Value::from(forged_task.msg_id.as_str())]), "status_only" => true},
+        "result_reply",
+    );
     assert_ne!(c.get("status").as_str(), Some("ok"), "the hub must not know the forged task: {c:?}");
     let q = client.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => false}, "queue_reply");
     assert_eq!(q.get("unassigned").as_i64(), Some(0), "{q:?}");
@@ -334,7 +350,8 @@ fn an_engine_whose_heart_stops_is_unregistered() {
     client.wait_engines(1);
     engine.beating.store(false, Ordering::Relaxed);
     let t0 = Instant::now();
-    let (_, _, n) = recv_type(&mut client.sess, &client.notif, "unregistration_notification", Duration::from_secs(10)).expect("unregistration_notification");
+    let (_, _, n) =
+        recv_type(&mut client.sess, &client.notif, "unregistration_notification", Duration::from_secs(10)).expect("unregistration_notification");
     assert_eq!(n.get("uuid").as_str(), Some("engine-h"));
     // Not before the misses the hub allows (some slack for the first late beat).
     assert!(t0.elapsed() >= Duration::from_millis(PING_MS * u64::from(MISSES) / 2), "{:?}", t0.elapsed());

@@ -1,15 +1,14 @@
 //! The hub's query socket over recorded traffic: result, history, db, purge and resubmit
-//! requests (spec 4.3), against the memory, SQLite and no-op stores.
+//! requests (docs/protocol.md §4.3), against the memory, SQLite and no-op stores.
 
 use ippx_hub::hub::{Hub, HubOut, HubSettings, MonitorMsg, Now};
 use ippx_hub::records::Limits;
 use ippx_hub::registry::EngineState;
 use ippx_hub::store::sqlite::{SqliteConfig, SqliteStore};
 use ippx_hub::store::Store;
-use ippx_protocol::content::EnginePorts;
 use ippx_protocol::datetime::parse_iso;
-use ippx_protocol::{vmap, Header, Packer, Session, SessionConfig, Value};
-use std::time::{Duration, Instant};
+use ippx_protocol::{vmap, Header, Session, Value};
+use std::time::Instant;
 
 mod common;
 use common::session;
@@ -36,6 +35,12 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The cluster's monotonic time with the wall clock read now, as the socket loop
+    /// stamps each message (records are ordered by their wall-clock times).
+    fn clock(&self) -> Now {
+        Now { at: self.now.at, wall: ippx_protocol::datetime::now() }
+    }
+
     fn new(hub: Hub) -> Cluster {
         let mut c = Cluster { hub, client: session(), engine: session(), sched: session(), now: Now::system() };
         c.register("e0");
@@ -63,7 +68,7 @@ impl Cluster {
         let hb = self.client.pack(&h).expect("pack");
         let cb = self.client.pack(&c).expect("pack");
         let mut out = Vec::new();
-        self.hub.query(vec![b"client".to_vec()], &h, &hb, &cb, self.now, &mut out);
+        self.hub.query(vec![b"client".to_vec()], &h, &hb, &cb, self.clock(), &mut out);
         out
     }
 
@@ -74,13 +79,14 @@ impl Cluster {
         let routing: Vec<Vec<u8>> = routing.iter().map(|r| r.to_vec()).collect();
         let msg = MonitorMsg { h, parent_id: parent.to_owned(), header: &hb, metadata: &mb, content: &cb, buffers: bufs };
         let mut out = Vec::new();
-        self.hub.monitor(topic, &routing, msg, self.now, &mut out);
+        self.hub.monitor(topic, &routing, msg, self.clock(), &mut out);
     }
 
     /// A load-balanced task submitted (`intask`) and assigned (`tracktask`).
     fn submit(&mut self, label: &str, bufs: &[&[u8]], engine: &str) -> Header {
         let h = self.client.new_header("apply_request");
-        let md = vmap! {"after" => list(&[]), "follow" => list(&[]), "timeout" => 0.0f64, "targets" => list(&[]), "retries" => 0i64, "label" => label};
+        let md =
+            vmap! {"after" => list(&[]), "follow" => list(&[]), "timeout" => 0.0f64, "targets" => list(&[]), "retries" => 0i64, "label" => label};
         let bufs: Vec<Vec<u8>> = bufs.iter().map(|b| b.to_vec()).collect();
         self.monitor(b"intask", &[b"client"], &h, "", &md, &Value::map(), &bufs);
         self.assign(&h, engine);
@@ -106,7 +112,15 @@ impl Cluster {
     /// The engine's reply (`outtask`), after some stdout on IOPub.
     fn finish(&mut self, req: &Header, engine: &str, rbufs: &[&[u8]], status: &str) {
         let s = self.engine.new_header("stream");
-        self.monitor(b"iopub", &[b"engine.0.stdout"], &s, &req.msg_id, &Value::map(), &vmap! {"name" => "stdout", "text" => format!("out of {}\n", req.msg_id)}, &[]);
+        self.monitor(
+            b"iopub",
+            &[b"engine.0.stdout"],
+            &s,
+            &req.msg_id,
+            &Value::map(),
+            &vmap! {"name" => "stdout", "text" => format!("out of {}\n", req.msg_id)},
+            &[],
+        );
         let rh = self.engine.new_header("apply_reply");
         let md = vmap! {"started" => "2026-01-01T00:00:00.000001Z", "dependencies_met" => true, "engine" => engine, "status" => status};
         let rbufs: Vec<Vec<u8>> = rbufs.iter().map(|b| b.to_vec()).collect();
@@ -141,7 +155,9 @@ impl Cluster {
 }
 
 fn content(out: &[HubOut], want: &str) -> Value {
-    out.iter().find_map(|o| if let HubOut::Reply { msg_type, content, .. } = o { (msg_type == want).then(|| content.clone()) } else { None }).expect(want)
+    out.iter()
+        .find_map(|o| if let HubOut::Reply { msg_type, content, .. } = o { (msg_type == want).then(|| content.clone()) } else { None })
+        .expect(want)
 }
 
 fn ename(c: &Value) -> Option<&str> {
@@ -178,7 +194,28 @@ fn db_request_scenario(c: &mut Cluster) {
     assert_eq!(recs.len(), 3);
     let ra = &recs[0];
     assert_eq!(ra.get("msg_id").as_str(), Some(a.as_str()), "insertion order");
-    for k in ["header", "metadata", "content", "submitted", "client_uuid", "engine_uuid", "started", "completed", "received", "resubmitted", "result_header", "result_metadata", "result_content", "queue", "execute_input", "execute_result", "error", "stdout", "stderr", "label"] {
+    for k in [
+        "header",
+        "metadata",
+        "content",
+        "submitted",
+        "client_uuid",
+        "engine_uuid",
+        "started",
+        "completed",
+        "received",
+        "resubmitted",
+        "result_header",
+        "result_metadata",
+        "result_content",
+        "queue",
+        "execute_input",
+        "execute_result",
+        "error",
+        "stdout",
+        "stderr",
+        "label",
+    ] {
         assert!(ra.as_map().expect("map").iter().any(|(kk, _)| kk == k), "{k} missing");
     }
     assert!(ra.get("buffers").is_nil() && ra.get("result_buffers").is_nil());
@@ -196,7 +233,11 @@ fn db_request_scenario(c: &mut Cluster) {
     assert_eq!(r.get("result_buffer_lens"), &Value::Array(vec![Value::Int(1), Value::Int(2)]));
     assert_eq!(bufs, [b"fa".to_vec(), b"xa".to_vec(), b"ra".to_vec(), b"fb".to_vec(), b"rb1".to_vec(), b"rb2".to_vec()]);
     let rec = &r.get("records").as_array().expect("records")[0];
-    assert_eq!(rec.as_map().map(|m| m.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()), Some(vec!["msg_id", "label"]), "no buffers inside records");
+    assert_eq!(
+        rec.as_map().map(|m| m.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()),
+        Some(vec!["msg_id", "label"]),
+        "no buffers inside records"
+    );
     let (r, bufs) = c.db(vmap! {"msg_id" => a.as_str()}, list(&["result_buffers"]));
     assert_eq!(r.get("buffer_lens"), &Value::Nil);
     assert_eq!(bufs, [b"ra".to_vec()]);
@@ -445,7 +486,11 @@ fn direct_requests_are_resubmitted_through_the_task_scheduler_too() {
 fn nodb_refuses_reads_but_answers_status_and_purges() {
     let mut c = Cluster::new(Hub::new(settings(true), Instant::now()));
     let a = c.task("", &[], &[b"r"], "e0");
-    for (t, q) in [("history_request", Value::map()), ("db_request", vmap! {"query" => all(), "keys" => Value::Nil}), ("resubmit_request", vmap! {"msg_ids" => list(&[&a])})] {
+    for (t, q) in [
+        ("history_request", Value::map()),
+        ("db_request", vmap! {"query" => all(), "keys" => Value::Nil}),
+        ("resubmit_request", vmap! {"msg_ids" => list(&[&a])}),
+    ] {
         let (r, _) = c.ask(t, q);
         assert_eq!(ename(&r), Some("KeyError"), "{t}");
         assert!(r.get("evalue").as_str().is_some_and(|e| e.starts_with("NoDB backend")), "{t}");

@@ -2,8 +2,7 @@
 
 use ippx_hub::hub::{Hub, HubOut, HubSettings, MonitorMsg, Now};
 use ippx_hub::records::Limits;
-use ippx_protocol::content::EnginePorts;
-use ippx_protocol::{vmap, EngineId, Header, Packer, Parent, Session, SessionConfig, Value};
+use ippx_protocol::{vmap, EngineId, Header, Parent, Session, Value};
 use std::time::Duration;
 
 const PERIOD: Duration = Duration::from_millis(100);
@@ -115,7 +114,9 @@ fn stopped_heart_unregisters_with_notification() {
         t += PERIOD;
         hub.tick(t, &mut all);
     }
-    assert!(all.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "unregistration_notification", content, .. } if content.get("uuid").as_str() == Some("e0"))));
+    assert!(all
+        .iter()
+        .any(|o| matches!(o, HubOut::Notify { msg_type: "unregistration_notification", content, .. } if content.get("uuid").as_str() == Some("e0"))));
     assert_eq!(hub.registry().len(), 0);
 }
 
@@ -190,19 +191,32 @@ fn mux_traffic_feeds_queue_status_and_results() {
     let bufs = vec![b"fn".to_vec(), b"args".to_vec()];
     let routing = vec![b"e0".to_vec(), b"client".to_vec()];
     let mut out = Vec::new();
-    hub.monitor(b"in", &routing, MonitorMsg { h: &h, parent_id: String::new(), header: &hb, metadata: &md, content: &c, buffers: &bufs }, t0, &mut out);
+    hub.monitor(
+        b"in",
+        &routing,
+        MonitorMsg { h: &h, parent_id: String::new(), header: &hb, metadata: &md, content: &c, buffers: &bufs },
+        t0,
+        &mut out,
+    );
     assert_eq!(hub.pending_count(), 1);
     let mut qc = Peer::new();
     let out = query(&mut hub, &mut qc, "queue_request", vmap! {"targets" => Value::Nil, "verbose" => false}, t0);
     assert_eq!(reply_content(&out, "queue_reply").get("0").get("queue").as_i64(), Some(1));
-    let out = query(&mut hub, &mut qc, "result_request", vmap! {"msg_ids" => Value::Array(vec![h.msg_id.as_str().into()]), "status_only" => false}, t0);
+    let out =
+        query(&mut hub, &mut qc, "result_request", vmap! {"msg_ids" => Value::Array(vec![h.msg_id.as_str().into()]), "status_only" => false}, t0);
     assert_eq!(reply_content(&out, "result_reply").get("pending"), &Value::Array(vec![h.msg_id.as_str().into()]));
 
     // IOPub output before the reply
     let mut out = Vec::new();
     let (sh, shb, scb) = d.engine.msg("stream", &vmap! {"name" => "stdout", "text" => "hello\n"});
     let empty = d.engine.s.pack(&Value::map()).expect("p");
-    hub.monitor(b"iopub", &[b"engine.0.stdout".to_vec()], MonitorMsg { h: &sh, parent_id: h.msg_id.clone(), header: &shb, metadata: &empty, content: &scb, buffers: &[] }, t0, &mut out);
+    hub.monitor(
+        b"iopub",
+        &[b"engine.0.stdout".to_vec()],
+        MonitorMsg { h: &sh, parent_id: h.msg_id.clone(), header: &shb, metadata: &empty, content: &scb, buffers: &[] },
+        t0,
+        &mut out,
+    );
 
     let rh = d.engine.s.new_header("apply_reply");
     let rhb = d.engine.s.pack(&rh).expect("p");
@@ -210,7 +224,13 @@ fn mux_traffic_feeds_queue_status_and_results() {
     let rc = d.engine.s.pack(&vmap! {"status" => "ok"}).expect("p");
     let rbufs = vec![b"result".to_vec()];
     let routing = vec![b"client".to_vec(), b"e0".to_vec()];
-    hub.monitor(b"out", &routing, MonitorMsg { h: &rh, parent_id: h.msg_id.clone(), header: &rhb, metadata: &rmd, content: &rc, buffers: &rbufs }, t0, &mut out);
+    hub.monitor(
+        b"out",
+        &routing,
+        MonitorMsg { h: &rh, parent_id: h.msg_id.clone(), header: &rhb, metadata: &rmd, content: &rc, buffers: &rbufs },
+        t0,
+        &mut out,
+    );
     assert_eq!(hub.pending_count(), 0);
 
     let out = query(&mut hub, &mut qc, "queue_request", vmap! {"targets" => Value::Int(0), "verbose" => true}, t0);
@@ -218,7 +238,8 @@ fn mux_traffic_feeds_queue_status_and_results() {
     assert_eq!(q.get("0").get("completed"), &Value::Array(vec![h.msg_id.as_str().into()]));
     assert_eq!(q.get("0").get("queue"), &Value::Array(vec![]));
 
-    let out = query(&mut hub, &mut qc, "result_request", vmap! {"msg_ids" => Value::Array(vec![h.msg_id.as_str().into()]), "status_only" => false}, t0);
+    let out =
+        query(&mut hub, &mut qc, "result_request", vmap! {"msg_ids" => Value::Array(vec![h.msg_id.as_str().into()]), "status_only" => false}, t0);
     let (content, buffers) = out
         .iter()
         .find_map(|o| if let HubOut::Reply { content, buffers, .. } = o { Some((content.clone(), buffers.clone())) } else { None })
@@ -246,7 +267,13 @@ fn stranded_direct_requests_become_engine_errors() {
     let mut d = Direct { client: Peer::new(), engine: Peer::new() };
     let (h, hb, md, c) = d.request();
     let mut out = Vec::new();
-    hub.monitor(b"in", &[b"e0".to_vec(), b"client".to_vec()], MonitorMsg { h: &h, parent_id: String::new(), header: &hb, metadata: &md, content: &c, buffers: &[] }, t0, &mut out);
+    hub.monitor(
+        b"in",
+        &[b"e0".to_vec(), b"client".to_vec()],
+        MonitorMsg { h: &h, parent_id: String::new(), header: &hb, metadata: &md, content: &c, buffers: &[] },
+        t0,
+        &mut out,
+    );
     hub.unregister(EngineId(0), t0, &mut out);
     hub.tick(t0 + Duration::from_millis(500), &mut out);
     assert_eq!(hub.pending_count(), 1, "not before registration_timeout");

@@ -1,8 +1,8 @@
-//! The `db_request` query matcher against stock `DictDB` semantics (spec 6.3), operator by
+//! The `db_request` query matcher against stock `DictDB` semantics (docs/protocol.md §6.3), operator by
 //! operator, including the quirks the spec keeps and the ones it asks us to fix.
 
-use ippx_hub::store::query::Query;
 use ippx_hub::records::TaskRecord;
+use ippx_hub::store::query::Query;
 use ippx_protocol::datetime::parse_iso;
 use ippx_protocol::{vmap, Value};
 
@@ -110,12 +110,7 @@ fn ordering_operators_on_timestamps_strings_and_numbers() {
 #[test]
 fn iso_strings_in_queries_are_dates_in_any_python_form() {
     let want = ["a"];
-    for t in [
-        "2026-01-01T00:00:01.000001Z",
-        "2026-01-01T00:00:01.000001+00:00",
-        "2026-01-01T01:00:01.000001+01:00",
-        "2026-01-01T00:00:01.000001",
-    ] {
+    for t in ["2026-01-01T00:00:01.000001Z", "2026-01-01T00:00:01.000001+00:00", "2026-01-01T01:00:01.000001+01:00", "2026-01-01T00:00:01.000001"] {
         assert_eq!(ids(&format!(r#"{{"submitted": "{t}"}}"#)), want, "{t}");
     }
     // One microsecond off is another instant: round trips must be exact.
@@ -153,7 +148,12 @@ fn all_mod_and_exists() {
     assert_eq!(ids(r#"{"completed": {"$exists": 1}}"#), ["a"]);
     let mut r = TaskRecord::new("n");
     r.label = Value::Int(7);
-    for (q, want) in [(r#"{"label": {"$mod": [3, 1]}}"#, true), (r#"{"label": {"$mod": [3, 2]}}"#, false), (r#"{"label": {"$mod": [-3, -2]}}"#, true), (r#"{"label": {"$mod": [0, 0]}}"#, false)] {
+    for (q, want) in [
+        (r#"{"label": {"$mod": [3, 1]}}"#, true),
+        (r#"{"label": {"$mod": [3, 2]}}"#, false),
+        (r#"{"label": {"$mod": [-3, -2]}}"#, true),
+        (r#"{"label": {"$mod": [0, 0]}}"#, false),
+    ] {
         let q = Query::parse(&serde_json::from_str(q).expect("json")).expect("parses");
         assert_eq!(q.matches(&r), want, "{q:?}");
     }
@@ -175,8 +175,18 @@ fn glob_is_fnmatch_and_false_on_null() {
 #[test]
 fn test_db_glob_patterns() {
     // The labels and patterns of ipyparallel's test_db.test_find_records_glob.
-    let labels =
-        ["group_a", "group_a", "group_a/subgroup_a", "group_a/subgroup_b", "group_b", "group_b/subgroup_a", "group_b/subgroup_b", "group_b/subgroup_c", "label*task", "label?task"];
+    let labels = [
+        "group_a",
+        "group_a",
+        "group_a/subgroup_a",
+        "group_a/subgroup_b",
+        "group_b",
+        "group_b/subgroup_a",
+        "group_b/subgroup_b",
+        "group_b/subgroup_c",
+        "label*task",
+        "label?task",
+    ];
     let cases: [(&str, &[usize]); 7] = [
         ("group_a*", &[0, 1, 2, 3]),
         ("group_a/subgroup_?", &[2, 3]),

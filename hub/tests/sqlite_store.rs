@@ -1,8 +1,8 @@
 //! The SQLite store: exact round trips through the file, read-your-writes while commits
 //! are pending, retention, layout coexistence, and durability across `kill -9`.
 
-use ippx_hub::store::query::{Op, Query, Q};
 use ippx_hub::records::{Field, Fields, TaskRecord};
+use ippx_hub::store::query::{Op, Query, Q};
 use ippx_hub::store::sqlite::{SqliteConfig, SqliteStore};
 use ippx_hub::store::{Missing, Store};
 use ippx_protocol::datetime::{parse_iso, Timestamp};
@@ -204,7 +204,9 @@ fn retention_by_age_and_by_bytes() {
         put(&mut db, &r);
     }
     db.flush().expect("flush");
-    let total = |db: &mut SqliteStore| -> usize { db.find(&Query::default(), Fields::of(&[Field::Buffers])).map(|r| r.iter().map(|r| r.buffer_bytes()).sum()).unwrap_or(0) };
+    let total = |db: &mut SqliteStore| -> usize {
+        db.find(&Query::default(), Fields::of(&[Field::Buffers])).map(|r| r.iter().map(|r| r.buffer_bytes()).sum()).unwrap_or(0)
+    };
     wait_until(|| {
         db.maintain(Instant::now());
         total(&mut db) <= 100_000

@@ -1,9 +1,9 @@
 //! ipyparallel's `test_db.py` (the DictDB/SQLiteDB unit tests), ported to the `Store`
 //! trait and run against both backends; plus DictDB's culling tests for the memory store.
 
-use ippx_hub::store::query::{Op, Query, Q};
 use ippx_hub::records::{Field, Fields, Limits, TaskRecord};
 use ippx_hub::store::memory::MemStore;
+use ippx_hub::store::query::{Op, Query, Q};
 use ippx_hub::store::sqlite::{SqliteConfig, SqliteStore};
 use ippx_hub::store::{Missing, Store};
 use ippx_protocol::datetime::{format_iso, now, Timestamp};
@@ -122,8 +122,18 @@ fn conformance(db: &mut dyn Store) {
 
     // test_find_records_glob
     let ids = load_records(db, 10, 100);
-    let labels =
-        ["group_a", "group_a", "group_a/subgroup_a", "group_a/subgroup_b", "group_b", "group_b/subgroup_a", "group_b/subgroup_b", "group_b/subgroup_c", "label*task", "label?task"];
+    let labels = [
+        "group_a",
+        "group_a",
+        "group_a/subgroup_a",
+        "group_a/subgroup_b",
+        "group_b",
+        "group_b/subgroup_a",
+        "group_b/subgroup_b",
+        "group_b/subgroup_c",
+        "label*task",
+        "label?task",
+    ];
     for (id, l) in ids.iter().zip(labels) {
         db.update(id, Missing::Skip, &mut |r| r.label = Value::from(l)).expect("update");
     }

@@ -1,4 +1,4 @@
-"""Bad input on the hub's registration/query ROUTER (issue 2 item 5; spec 1.3, 4.2).
+"""Bad input on the hub's registration/query ROUTER (issue 2 item 5; docs/protocol.md §1.3, 4.2).
 
 Raw pyzmq DEALERs with explicit identities talk to one controller (shared by the module,
 with one stock engine and a stock Client). Each case checks (a) the reply, or its absence,
@@ -213,7 +213,7 @@ def test_too_few_frames(hub):
     frames = hub.valid("connection_request")[:4]  # DELIM, sig, header, parent
     reply = hub.send_recv(b"badpeer-6", frames, timeout=NO_REPLY_WAIT)
     # The routing frame is there, so a hub_error is allowed (Python's hub tries the same,
-    # spec 4.2); anything else is not.
+    # docs/protocol.md §4.2); anything else is not.
     print(f"\n[too few frames] reply: {None if reply is None else reply['header']['msg_type']}")
     if reply is not None:
         assert_hub_error(reply)

@@ -1,5 +1,5 @@
 """ippx-hub as ``controller_cmd`` of the stock ``ipcluster`` and ``ipp.Cluster``
-(issue 2 acceptance; spec 7.1, 7.4).
+(issue 2 acceptance; docs/protocol.md §7.1, 7.4).
 """
 
 from __future__ import annotations

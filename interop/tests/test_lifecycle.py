@@ -1,5 +1,5 @@
 """Controller process lifecycle and the ipcontroller-compatible command line
-(issue 2 items 3-4; spec 2.1, 4.3.7, 7.1-7.3).
+(issue 2 items 3-4; docs/protocol.md §2.1, 4.3.7, 7.1-7.3).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Engine registration, unregistration (nanny and heartbeat paths), id allocation and the
-engine state file, with stock ``ipengine`` processes (issue 2 acceptance; spec 3.1-3.7).
+engine state file, with stock ``ipengine`` processes (issue 2 acceptance; docs/protocol.md §3.1-3.7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-//! Connection files (`ipcontroller[-<cluster>]-{engine,client}.json`), spec 2.1–2.3.
+//! Connection files (`ipcontroller[-<cluster>]-{engine,client}.json`), docs/protocol.md §2.1–2.3.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -8,7 +8,7 @@ use crate::value::Value;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Error content (spec 1.6). Clients raise `RemoteError(ename, evalue, ...)`.
+/// Error content (docs/protocol.md §1.6). Clients raise `RemoteError(ename, evalue, ...)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ErrorContent {
     pub status: String,
@@ -21,17 +21,8 @@ pub struct ErrorContent {
 impl ErrorContent {
     pub fn new(ename: &str, evalue: impl Into<String>) -> Self {
         let evalue = evalue.into();
-        let traceback = vec![
-            "Traceback (most recent call last):\n".to_owned(),
-            format!("ipyparallel controller (ippx): {ename}: {evalue}\n"),
-        ];
-        ErrorContent {
-            status: "error".to_owned(),
-            ename: ename.to_owned(),
-            evalue,
-            traceback,
-            engine_info: Value::map(),
-        }
+        let traceback = vec!["Traceback (most recent call last):\n".to_owned(), format!("ipyparallel controller (ippx): {ename}: {evalue}\n")];
+        ErrorContent { status: "error".to_owned(), ename: ename.to_owned(), evalue, traceback, engine_info: Value::map() }
     }
 
     pub fn to_value(&self) -> Value {

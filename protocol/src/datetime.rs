@@ -91,15 +91,13 @@ mod tests {
         ] {
             assert_eq!(parse_iso(s), want, "{s}");
         }
-        assert_eq!(
-            parse_iso("2026-11-25T07:32:32Z").map(|t| format_iso(&t)),
-            Some("2026-11-25T07:32:32.000000Z".to_owned())
-        );
+        assert_eq!(parse_iso("2026-11-25T07:32:32Z").map(|t| format_iso(&t)), Some("2026-11-25T07:32:32.000000Z".to_owned()));
     }
 
     #[test]
     fn rejects_non_dates() {
-        for s in ["", "hello", "2026-11-25", "2026-11-25T07:32:32.1234567Z", "2026-13-25T07:32:32Z", "2026-11-25T07:32:32.Z", "2026-11-25T07:32:32+1"] {
+        for s in ["", "hello", "2026-11-25", "2026-11-25T07:32:32.1234567Z", "2026-13-25T07:32:32Z", "2026-11-25T07:32:32.Z", "2026-11-25T07:32:32+1"]
+        {
             assert!(parse_iso(s).is_none(), "{s}");
         }
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A header as Python builds it (spec 1.4). Unknown keys on input are ignored; the
+/// A header as Python builds it (docs/protocol.md §1.4). Unknown keys on input are ignored; the
 /// hub keeps the packed original wherever it must echo a header back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct Header {

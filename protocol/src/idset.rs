@@ -289,16 +289,12 @@ impl IdSet {
     /// Every id (prefix by prefix in no particular order, counters ascending; then the
     /// other ids).
     pub fn iter(&self) -> impl Iterator<Item = String> + '_ {
-        self.streams
-            .iter()
-            .flat_map(|(p, s)| s.iter().map(move |n| format!("{p}_{n}")))
-            .chain(self.others.iter().map(|s| s.to_string()))
+        self.streams.iter().flat_map(|(p, s)| s.iter().map(move |n| format!("{p}_{n}"))).chain(self.others.iter().map(|s| s.to_string()))
     }
 
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.streams.iter().map(|(p, s)| p.len() + 64 + s.heap_bytes()).sum::<usize>()
-            + self.others.iter().map(|s| s.len() + 24).sum::<usize>()
+        self.streams.iter().map(|(p, s)| p.len() + 64 + s.heap_bytes()).sum::<usize>() + self.others.iter().map(|s| s.len() + 24).sum::<usize>()
     }
 }
 
@@ -342,9 +338,9 @@ mod tests {
         for _ in 0..20_000 {
             let r = rnd();
             let n = match r % 4 {
-                0 => r >> 8 & 0x3ffff,         // in and around the full chunks
-                1 => (5 << 16) | (r >> 8 & 0xff), // a sparse chunk
-                2 => r >> 2,                     // anywhere
+                0 => r >> 8 & 0x3ffff,              // in and around the full chunks
+                1 => (5 << 16) | (r >> 8 & 0xff),   // a sparse chunk
+                2 => r >> 2,                        // anywhere
                 _ => (9 << 16) | (r >> 8 & 0xffff), // a chunk that becomes a bitmap
             };
             if r >> 63 == 1 {

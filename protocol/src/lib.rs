@@ -6,8 +6,8 @@ pub mod connection;
 pub mod content;
 pub mod datetime;
 pub mod header;
-pub mod idset;
 pub mod ids;
+pub mod idset;
 pub mod metadata;
 pub mod monitor;
 pub mod packer;
@@ -26,5 +26,5 @@ pub use value::Value;
 pub use wire::{Envelope, WireError, DELIM};
 
 /// The protocol version every header we emit carries. A header without a `version`
-/// makes Python receivers run the v4 adapter over it (spec 1.4).
+/// makes Python receivers run the v4 adapter over it (docs/protocol.md §1.4).
 pub const PROTOCOL_VERSION: &str = "5.4";

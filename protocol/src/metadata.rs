@@ -76,11 +76,7 @@ impl ReplyMetadata {
             engine: engine.to_owned(),
             is_broadcast: req.is_broadcast,
             is_coalescing: req.is_coalescing,
-            original_msg_id: if req.original_msg_id.is_nil() {
-                Value::from("")
-            } else {
-                req.original_msg_id.clone()
-            },
+            original_msg_id: if req.original_msg_id.is_nil() { Value::from("") } else { req.original_msg_id.clone() },
             label: req.label.clone(),
             status: "ok".to_owned(),
             engine_info: None,
@@ -127,9 +123,7 @@ mod tests {
     #[test]
     fn request_defaults_as_python() {
         for p in [Packer::Json, Packer::Msgpack] {
-            let m: RequestMetadata = p
-                .unpack(&p.pack(&Value::map()).expect("pack"))
-                .expect("unpack");
+            let m: RequestMetadata = p.unpack(&p.pack(&Value::map()).expect("pack")).expect("unpack");
             assert!(!m.is_broadcast && !m.is_coalescing);
             let r = ReplyMetadata::start(&m, "uuid", "t".into());
             let v: Value = p.unpack(&p.pack(&r).expect("pack")).expect("unpack");
@@ -148,11 +142,7 @@ mod tests {
         let mut r = ReplyMetadata::start(&req, "u", "2026-01-01T00:00:00.000000Z".into());
         assert!(r.is_broadcast && r.is_coalescing);
         assert_eq!(r.label.as_str(), Some("L"));
-        r.finish("error", Some("UnmetDependency"), || EngineInfo {
-            engine_uuid: "u".into(),
-            engine_id: 3,
-            method: None,
-        });
+        r.finish("error", Some("UnmetDependency"), || EngineInfo { engine_uuid: "u".into(), engine_id: 3, method: None });
         assert!(!r.dependencies_met);
         let v: Value = serde_json::from_str(&serde_json::to_string(&r).expect("ser")).expect("de");
         assert_eq!(v.get("engine_info").get("engine_id").as_i64(), Some(3));

@@ -250,11 +250,7 @@ impl Session {
     }
 
     /// Splits, checks and decodes the header: what every receiving loop does first.
-    pub fn receive<F: Deref<Target = [u8]>>(
-        &mut self,
-        frames: Vec<F>,
-        replay: bool,
-    ) -> Result<(Envelope<F>, Header), (RecvError, Vec<F>)> {
+    pub fn receive<F: Deref<Target = [u8]>>(&mut self, frames: Vec<F>, replay: bool) -> Result<(Envelope<F>, Header), (RecvError, Vec<F>)> {
         let env = Envelope::parse(frames).map_err(|(e, f)| (RecvError::Wire(e), f))?;
         if let Err(e) = self.check(&env, replay) {
             return Err((e, env.into_frames()));

@@ -40,11 +40,7 @@ impl Value {
     /// Map lookup; `Nil` for a missing key or a non-map, like Python's `dict.get`.
     pub fn get(&self, key: &str) -> &Value {
         match self {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-                .unwrap_or(&NIL),
+            Value::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or(&NIL),
             _ => &NIL,
         }
     }
@@ -136,12 +132,7 @@ impl Value {
             Value::Str(s) => s.len() + 5,
             Value::Bin(b) => b.len() + 5,
             Value::Array(a) => 5 + a.iter().map(Value::approx_size).sum::<usize>(),
-            Value::Map(m) => {
-                5 + m
-                    .iter()
-                    .map(|(k, v)| k.len() + 5 + v.approx_size())
-                    .sum::<usize>()
-            }
+            Value::Map(m) => 5 + m.iter().map(|(k, v)| k.len() + 5 + v.approx_size()).sum::<usize>(),
         }
     }
 }

@@ -78,12 +78,7 @@ impl<F: Deref<Target = [u8]>> Envelope<F> {
 
     /// The four frames the signature covers, in order.
     pub fn signed_parts(&self) -> [&[u8]; 4] {
-        [
-            self.part(Part::Header),
-            self.part(Part::Parent),
-            self.part(Part::Metadata),
-            self.part(Part::Content),
-        ]
+        [self.part(Part::Header), self.part(Part::Parent), self.part(Part::Metadata), self.part(Part::Content)]
     }
 
     pub fn buffers(&self) -> &[F] {

@@ -7,9 +7,7 @@ mod common;
 
 use chrono::{TimeZone, Utc};
 use common::*;
-use ippx_protocol::content::{
-    ConnectionReply, EngineNotification, EnginePorts, ErrorContent, RegistrationReply, RegistrationRequest,
-};
+use ippx_protocol::content::{ConnectionReply, EngineNotification, EnginePorts, ErrorContent, RegistrationReply, RegistrationRequest};
 use ippx_protocol::datetime::{format_iso, parse_iso};
 use ippx_protocol::session::RecvError;
 use ippx_protocol::wire::Part;
@@ -401,16 +399,11 @@ fn captured_messages_verify_and_resign_identically() {
         let mut rx = session(&fx.key, fx.packer);
         let (renv, header) = rx.receive(fx.frames.clone(), true).map_err(|(e, _)| e.to_string()).expect(&l);
         assert_eq!(renv.frames(), &fx.frames[..], "{l}");
-        let want: Header = Packer::Json
-            .unpack(&serde_json::to_vec(&fx.doc["decoded"]["header"]).expect("json"))
-            .expect("expected header");
+        let want: Header = Packer::Json.unpack(&serde_json::to_vec(&fx.doc["decoded"]["header"]).expect("json")).expect("expected header");
         assert_eq!(header, want, "{l}");
         assert_eq!(header.msg_type, fx.doc["decoded"]["header"]["msg_type"], "{l}");
         assert!(parse_iso(&header.date).is_some(), "{l}: date {:?}", header.date);
-        assert!(
-            matches!(rx.receive(fx.frames.clone(), true), Err((RecvError::Replay, _))),
-            "{l}: second delivery is not a replay"
-        );
+        assert!(matches!(rx.receive(fx.frames.clone(), true), Err((RecvError::Replay, _))), "{l}: second delivery is not a replay");
         assert!(rx.receive(fx.frames.clone(), false).is_ok(), "{l}: replay check off");
 
         // A one-byte change in any signed frame fails; routing prefix and buffers are not signed.
@@ -420,10 +413,7 @@ fn captured_messages_verify_and_resign_identically() {
             let pos = f[d + 2 + i].len() / 2;
             f[d + 2 + i][pos] ^= 0x01;
             let mut rx = session(&fx.key, fx.packer);
-            assert!(
-                matches!(rx.receive(f, true), Err((RecvError::BadSignature, _))),
-                "{l}: change in signed frame {i} accepted"
-            );
+            assert!(matches!(rx.receive(f, true), Err((RecvError::BadSignature, _))), "{l}: change in signed frame {i} accepted");
         }
         let mut f = fx.frames.clone();
         f[d + 1][0] = if f[d + 1][0] == b'0' { b'1' } else { b'0' };
@@ -440,10 +430,7 @@ fn captured_messages_verify_and_resign_identically() {
         let mut f = fx.frames.clone();
         f.insert(0, b"extra-route".to_vec());
         assert!(session(&fx.key, fx.packer).receive(f, true).is_ok(), "{l}: routing prefix is not signed");
-        assert!(
-            matches!(session("wrong-key", fx.packer).receive(fx.frames.clone(), true), Err((RecvError::BadSignature, _))),
-            "{l}"
-        );
+        assert!(matches!(session("wrong-key", fx.packer).receive(fx.frames.clone(), true), Err((RecvError::BadSignature, _))), "{l}");
     }
 }
 
@@ -484,24 +471,19 @@ fn captured_msgpack_messages_are_reproduced_byte_for_byte() {
         let tx = session(&fx.key, Packer::Msgpack);
         let idents = env.idents().to_vec();
         let buffers = env.buffers().to_vec();
-        let via_value = tx
-            .serialize_with_header(idents.clone(), &header, Parent::Value(&parent), &metadata, &content, buffers.clone())
-            .expect("serialize");
+        let via_value =
+            tx.serialize_with_header(idents.clone(), &header, Parent::Value(&parent), &metadata, &content, buffers.clone()).expect("serialize");
         assert_eq!(via_value, fx.frames, "{l}: Rust frames differ from Python's");
         let via_raw = tx
             .serialize_with_header(idents.clone(), &header, Parent::Raw(env.parent_bytes()), &metadata, &content, buffers.clone())
             .expect("serialize");
         assert_eq!(via_raw, fx.frames, "{l}: Parent::Raw");
         if parent == Value::map() {
-            let via_none = tx
-                .serialize_with_header(idents, &header, Parent::None, &metadata, &content, buffers)
-                .expect("serialize");
+            let via_none = tx.serialize_with_header(idents, &header, Parent::None, &metadata, &content, buffers).expect("serialize");
             assert_eq!(via_none, fx.frames, "{l}: Parent::None");
         } else {
             let ph: Header = Packer::Msgpack.unpack(env.parent_bytes()).expect("parent header");
-            let via_header = tx
-                .serialize_with_header(idents, &header, Parent::Header(&ph), &metadata, &content, buffers)
-                .expect("serialize");
+            let via_header = tx.serialize_with_header(idents, &header, Parent::Header(&ph), &metadata, &content, buffers).expect("serialize");
             assert_eq!(via_header, fx.frames, "{l}: Parent::Header");
         }
     }
@@ -515,17 +497,14 @@ fn captured_json_parent_is_echoed_raw_and_converted_across_packers() {
     let fx = all.iter().find(|f| f.packer == Packer::Json && f.name == "apply_request").expect("fixture");
     let env = envelope(fx.frames.clone());
     let mut tx = session(&fx.key, Packer::Json);
-    let (_, frames) = tx
-        .serialize(vec![], "apply_reply", Parent::Raw(env.header_bytes()), &Value::map(), &Value::map(), vec![])
-        .expect("serialize");
+    let (_, frames) = tx.serialize(vec![], "apply_reply", Parent::Raw(env.header_bytes()), &Value::map(), &Value::map(), vec![]).expect("serialize");
     assert_eq!(frames[3], env.header_bytes(), "raw parent is echoed byte for byte");
 
     let mut cfg = SessionConfig::new(fx.key.as_bytes().to_vec(), Packer::Msgpack);
     cfg.unpacker = Packer::Json;
     let mut mixed = Session::new(cfg).expect("session");
-    let (_, frames) = mixed
-        .serialize(vec![], "apply_reply", Parent::Raw(env.header_bytes()), &Value::map(), &Value::map(), vec![])
-        .expect("serialize");
+    let (_, frames) =
+        mixed.serialize(vec![], "apply_reply", Parent::Raw(env.header_bytes()), &Value::map(), &Value::map(), vec![]).expect("serialize");
     let msgpack_fx = all.iter().find(|f| f.packer == Packer::Msgpack && f.name == "apply_request").expect("fixture");
     let msgpack_env = envelope(msgpack_fx.frames.clone());
     assert_eq!(frames[3], msgpack_env.header_bytes(), "JSON parent re-packed as Python's msgpack");

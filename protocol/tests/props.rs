@@ -274,9 +274,7 @@ struct Parts {
 
 impl Parts {
     fn naive(&self) -> chrono::NaiveDateTime {
-        NaiveDate::from_ymd_opt(self.y, self.mo, self.d)
-            .and_then(|d| d.and_hms_micro_opt(self.h, self.mi, self.s, self.us))
-            .expect("valid parts")
+        NaiveDate::from_ymd_opt(self.y, self.mo, self.d).and_then(|d| d.and_hms_micro_opt(self.h, self.mi, self.s, self.us)).expect("valid parts")
     }
     fn base(&self) -> String {
         format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", self.y, self.mo, self.d, self.h, self.mi, self.s)

@@ -173,10 +173,7 @@ fn py_value(v: &Value, packer: Packer) -> String {
             Packer::Json => py_str(&base64::engine::general_purpose::STANDARD.encode(b)),
         },
         Value::Array(a) => format!("[{}]", a.iter().map(|x| py_value(x, packer)).collect::<Vec<_>>().join(", ")),
-        Value::Map(m) => format!(
-            "{{{}}}",
-            m.iter().map(|(k, x)| format!("{}: {}", py_str(k), py_value(x, packer))).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Map(m) => format!("{{{}}}", m.iter().map(|(k, x)| format!("{}: {}", py_str(k), py_value(x, packer))).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -441,9 +438,7 @@ fn rust_messages(packer: Packer, rust: &mut Session) -> Vec<Sent> {
     let idents = vec![CLIENT_ID.to_vec()];
 
     let mut out = Vec::new();
-    let (_, frames) = rust
-        .serialize(idents.clone(), "ippx_test", Parent::Header(&request), &metadata, &content, buffers.clone())
-        .expect("serialize");
+    let (_, frames) = rust.serialize(idents.clone(), "ippx_test", Parent::Header(&request), &metadata, &content, buffers.clone()).expect("serialize");
     out.push(Sent {
         frames,
         expect: json!({
@@ -457,9 +452,8 @@ fn rust_messages(packer: Packer, rust: &mut Session) -> Vec<Sent> {
     });
 
     let reply = RegistrationReply { id: 0, status: "ok".into(), hb_period: 1000, connection_info: ports() };
-    let (_, frames) = rust
-        .serialize(vec![ENGINE.as_bytes().to_vec()], "registration_reply", Parent::None, &Value::map(), &reply, vec![])
-        .expect("serialize");
+    let (_, frames) =
+        rust.serialize(vec![ENGINE.as_bytes().to_vec()], "registration_reply", Parent::None, &Value::map(), &reply, vec![]).expect("serialize");
     out.push(Sent {
         frames,
         expect: json!({
@@ -473,9 +467,7 @@ fn rust_messages(packer: Packer, rust: &mut Session) -> Vec<Sent> {
     });
 
     let err = ErrorContent::new("KeyError", "'No such message: x'");
-    let (_, frames) = rust
-        .serialize(idents.clone(), "result_reply", Parent::Header(&request), &Value::map(), &err, vec![])
-        .expect("serialize");
+    let (_, frames) = rust.serialize(idents.clone(), "result_reply", Parent::Header(&request), &Value::map(), &err, vec![]).expect("serialize");
     let tb = err.traceback.iter().map(|l| py_str(l)).collect::<Vec<_>>().join(", ");
     out.push(Sent {
         frames,
@@ -487,9 +479,7 @@ fn rust_messages(packer: Packer, rust: &mut Session) -> Vec<Sent> {
 
     let engines = [("0".to_owned(), ENGINE.to_owned()), ("1".to_owned(), ENGINE1.to_owned())].into_iter().collect();
     let conn = ConnectionReply { status: "ok".into(), engines };
-    let (_, frames) = rust
-        .serialize(idents, "connection_reply", Parent::Header(&request), &Value::map(), &conn, vec![])
-        .expect("serialize");
+    let (_, frames) = rust.serialize(idents, "connection_reply", Parent::Header(&request), &Value::map(), &conn, vec![]).expect("serialize");
     out.push(Sent {
         frames,
         expect: json!({
@@ -529,11 +519,7 @@ fn rust_to_python(packer: Packer) {
     let mut rust = session(KEY, packer);
     let sent = rust_messages(packer, &mut rust);
     let n = sent.len();
-    let results = check(
-        &py,
-        packer,
-        sent.iter().map(|s| json!({"frames_hex": hexes(&s.frames), "expect": s.expect})).collect(),
-    );
+    let results = check(&py, packer, sent.iter().map(|s| json!({"frames_hex": hexes(&s.frames), "expect": s.expect})).collect());
     assert_eq!(results.len(), n);
     for (s, r) in sent.iter().zip(&results) {
         let what = format!("{packer} {}", s.expect["msg_type"]);
@@ -576,12 +562,9 @@ fn python_rejects_bad_rust_messages(packer: Packer) {
     let mut reroute_and_new_buffer = good.frames.clone();
     reroute_and_new_buffer[0] = b"another-route".to_vec();
     reroute_and_new_buffer.push(b"extra".to_vec());
-    let (_, wrong_key) = session("not-the-key", packer)
-        .serialize(vec![], "x", Parent::None, &Value::map(), &Value::map(), vec![])
-        .expect("serialize");
-    let (_, no_key) = session("", packer)
-        .serialize(vec![], "x", Parent::None, &Value::map(), &Value::map(), vec![])
-        .expect("serialize");
+    let (_, wrong_key) =
+        session("not-the-key", packer).serialize(vec![], "x", Parent::None, &Value::map(), &Value::map(), vec![]).expect("serialize");
+    let (_, no_key) = session("", packer).serialize(vec![], "x", Parent::None, &Value::map(), &Value::map(), vec![]).expect("serialize");
 
     let plain = |frames: &Vec<Vec<u8>>, fresh: bool| json!({"frames_hex": hexes(frames), "expect": {}, "fresh_session": fresh});
     let cases: Vec<(&str, Json, Option<&str>)> = vec![

@@ -31,7 +31,7 @@ impl TaskOutbox for Sink {
     fn to_client(&mut self, _frames: Frames) {
         self.to_client += 1;
     }
-    fn to_hub(&mut self, _topic: &'static str, _frames: Frames) {
+    fn to_hub(&mut self, _topic: ippx_protocol::MonitorTopic, _frames: Frames) {
         self.to_hub += 1;
     }
 }
@@ -46,25 +46,11 @@ fn workload(n: usize) -> (Vec<Frames>, Vec<Frames>) {
     let mut client = session();
     let mut engine = session();
     let md = vmap! {"after" => Value::Array(vec![]), "follow" => Value::Array(vec![]), "timeout" => 0.0, "targets" => Value::Array(vec![]), "retries" => 0i64, "label" => Value::Nil};
-    let bufs = vec![
-        vec![0x80u8; 325],
-        vec![0x81u8; 52],
-        vec![0x82u8; 5],
-        vec![0x83u8; 5],
-    ];
+    let bufs = vec![vec![0x80u8; 325], vec![0x81u8; 52], vec![0x82u8; 5], vec![0x83u8; 5]];
     let mut reqs = Vec::with_capacity(n);
     let mut reps = Vec::with_capacity(n);
     for _ in 0..n {
-        let (h, f) = client
-            .serialize(
-                vec![CLIENT.to_vec()],
-                "apply_request",
-                Parent::None,
-                &md,
-                &Value::map(),
-                bufs.clone(),
-            )
-            .expect("request");
+        let (h, f) = client.serialize(vec![CLIENT.to_vec()], "apply_request", Parent::None, &md, &Value::map(), bufs.clone()).expect("request");
         let rmd = vmap! {"started" => h.date.as_str(), "dependencies_met" => true, "engine" => "e", "is_broadcast" => false, "is_coalescing" => false, "original_msg_id" => "", "label" => Value::Nil, "status" => "ok"};
         let (_, r) = engine
             .serialize(
@@ -87,21 +73,12 @@ fn workload(n: usize) -> (Vec<Frames>, Vec<Frames>) {
 /// with hwm 1); `burst`: submit everything first (tasks wait in the queue), then answer.
 fn run(engines: usize, reqs: Vec<Frames>, reps: Vec<Frames>, burst: bool) -> Duration {
     let n = reqs.len();
-    let cfg = TaskConfig {
-        scheme: Scheme::LeastLoad,
-        hwm: 1,
-        stranded_delay: Duration::from_secs(5),
-        seed: 1,
-    };
+    let cfg = TaskConfig { scheme: Scheme::LeastLoad, hwm: 1, stranded_delay: Duration::from_secs(5), seed: 1 };
     let mut s = TaskScheduler::new(cfg, session());
     let mut out = Sink::default();
     let now = Instant::now();
     for i in 0..engines {
-        s.add_engine(
-            &format!("{i:08x}-0000-4000-8000-00000000{i:04x}"),
-            now,
-            &mut out,
-        );
+        s.add_engine(&format!("{i:08x}-0000-4000-8000-00000000{i:04x}"), now, &mut out);
     }
     let mut reps: Vec<Option<Frames>> = reps.into_iter().map(Some).collect();
     let mut inflight: VecDeque<(usize, Vec<u8>)> = VecDeque::with_capacity(engines + 1);
@@ -113,13 +90,12 @@ fn run(engines: usize, reqs: Vec<Frames>, reps: Vec<Frames>, burst: bool) -> Dur
             next_dispatch += 1;
         }
     };
-    let mut answer =
-        |s: &mut TaskScheduler, out: &mut Sink, inflight: &mut VecDeque<(usize, Vec<u8>)>| {
-            let (j, uuid) = inflight.pop_front().expect("inflight");
-            let mut r = reps[j].take().expect("reply");
-            r[0] = uuid;
-            s.engine_reply(r, now, out).expect("reply");
-        };
+    let mut answer = |s: &mut TaskScheduler, out: &mut Sink, inflight: &mut VecDeque<(usize, Vec<u8>)>| {
+        let (j, uuid) = inflight.pop_front().expect("inflight");
+        let mut r = reps[j].take().expect("reply");
+        r[0] = uuid;
+        s.engine_reply(r, now, out).expect("reply");
+    };
     let start = Instant::now();
     for req in reqs {
         s.submit(req, now, &mut out).expect("submit");
@@ -137,11 +113,7 @@ fn run(engines: usize, reqs: Vec<Frames>, reps: Vec<Frames>, burst: bool) -> Dur
     let st = s.stats();
     assert_eq!((st.completed as usize, st.pending, st.queued), (n, 0, 0));
     assert_eq!(out.to_client as usize, n);
-    assert_eq!(
-        out.to_hub as usize,
-        3 * n,
-        "intask + tracktask + outtask per task"
-    );
+    assert_eq!(out.to_hub as usize, 3 * n, "intask + tracktask + outtask per task");
     took
 }
 
@@ -157,36 +129,15 @@ fn breakdown(n: usize) {
     let time = |name: &str, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
-        println!(
-            "  {name:<32} {:>6.0} ns/task",
-            t.elapsed().as_nanos() as f64 / n as f64
-        );
+        println!("  {name:<32} {:>6.0} ns/task", t.elapsed().as_nanos() as f64 / n as f64);
     };
     println!("protocol primitives ({n} messages):");
-    time("clone request frames", &mut || {
-        reqs.iter()
-            .for_each(|r| drop(std::hint::black_box(r.clone())))
-    });
-    time("clone reply frames", &mut || {
-        reps.iter()
-            .for_each(|r| drop(std::hint::black_box(r.clone())))
-    });
-    time("unpack request header", &mut || {
-        reqs.iter()
-            .for_each(|r| drop(std::hint::black_box(s.unpack::<Hid>(&r[3]).expect("h"))))
-    });
-    time("unpack request metadata (Value)", &mut || {
-        reqs.iter()
-            .for_each(|r| drop(std::hint::black_box(s.unpack::<Value>(&r[5]).expect("m"))))
-    });
-    time("unpack reply parent", &mut || {
-        reps.iter()
-            .for_each(|r| drop(std::hint::black_box(s.unpack::<Hid>(&r[5]).expect("p"))))
-    });
-    time("unpack reply metadata (Value)", &mut || {
-        reps.iter()
-            .for_each(|r| drop(std::hint::black_box(s.unpack::<Value>(&r[6]).expect("m"))))
-    });
+    time("clone request frames", &mut || reqs.iter().for_each(|r| drop(std::hint::black_box(r.clone()))));
+    time("clone reply frames", &mut || reps.iter().for_each(|r| drop(std::hint::black_box(r.clone()))));
+    time("unpack request header", &mut || reqs.iter().for_each(|r| drop(std::hint::black_box(s.unpack::<Hid>(&r[3]).expect("h")))));
+    time("unpack request metadata (Value)", &mut || reqs.iter().for_each(|r| drop(std::hint::black_box(s.unpack::<Value>(&r[5]).expect("m")))));
+    time("unpack reply parent", &mut || reps.iter().for_each(|r| drop(std::hint::black_box(s.unpack::<Hid>(&r[5]).expect("p")))));
+    time("unpack reply metadata (Value)", &mut || reps.iter().for_each(|r| drop(std::hint::black_box(s.unpack::<Value>(&r[6]).expect("m")))));
     let content = ippx_protocol::content::TaskDestination {
         msg_id: "54468c75-b3b60ccfc646312fa92f4bec_6762_4".into(),
         engine_id: "9aabafec-fe263ddcec9aba8f65fe8580".into(),
@@ -194,15 +145,7 @@ fn breakdown(n: usize) {
     time("Session::serialize (chrono date)", &mut || {
         (0..n).for_each(|_| {
             drop(std::hint::black_box(
-                s.serialize(
-                    vec![b"x".to_vec()],
-                    "task_destination",
-                    Parent::None,
-                    &Value::map(),
-                    &content,
-                    vec![],
-                )
-                .expect("s"),
+                s.serialize(vec![b"x".to_vec()], "task_destination", Parent::None, &Value::map(), &content, vec![]).expect("s"),
             ))
         })
     });
@@ -211,10 +154,7 @@ fn breakdown(n: usize) {
 fn main() {
     // `cargo bench` passes --bench; under `cargo test --all-targets` just smoke-test.
     let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 200_000 } else { 2_000 });
+    let n: usize = std::env::var("TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 200_000 } else { 2_000 });
     if std::env::var("BREAKDOWN").is_ok() {
         breakdown(n);
         return;
@@ -233,11 +173,7 @@ fn main() {
             if burst { "queued" } else { "pipelined" },
             n as f64 / med.as_secs_f64(),
             med.as_nanos() as f64 / n as f64,
-            times
-                .iter()
-                .map(|t| format!("{:.0}ms", t.as_secs_f64() * 1e3))
-                .collect::<Vec<_>>()
-                .join(" ")
+            times.iter().map(|t| format!("{:.0}ms", t.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(" ")
         );
     }
 }

@@ -1,4 +1,4 @@
-//! The broadcast scheduler tree (spec 5.5) as a pure state machine.
+//! The broadcast scheduler tree (docs/protocol.md §5.5) as a pure state machine.
 //!
 //! Python runs one process-or-thread per tree node, linked by internal ROUTER pairs. Here
 //! every node lives in this one state machine, so the tree's observable effects are
@@ -256,13 +256,8 @@ impl BroadcastScheduler {
         // The coalesced reply is the last one received, as Python's tree does, except
         // that a dead engine's error always wins: an engine's reply that happens to
         // arrive after the death must not turn the broadcast into a success.
-        let last = p
-            .replies
-            .values()
-            .filter(|r| r.engine_failed)
-            .max_by_key(|r| r.seq)
-            .or_else(|| p.replies.values().max_by_key(|r| r.seq))
-            .map(|r| r.seq);
+        let last =
+            p.replies.values().filter(|r| r.engine_failed).max_by_key(|r| r.seq).or_else(|| p.replies.values().max_by_key(|r| r.seq)).map(|r| r.seq);
         let pairs = Value::Array(p.targets.iter().map(|t| Value::Array(vec![t.uuid.as_str().into(), Value::from(t.eid)])).collect());
         let mut buffers = Vec::new();
         let mut chosen = None;
@@ -283,7 +278,12 @@ impl BroadcastScheduler {
                 let h = self.session.new_header("apply_reply");
                 let mut md = p.request_metadata.clone();
                 md.insert("status", Value::from("ok"));
-                (self.session.pack(&h).unwrap_or_default(), self.session.pack(&Value::map()).unwrap_or_default(), md, self.session.pack(&ippx_protocol::vmap! {"status" => "ok"}).unwrap_or_default())
+                (
+                    self.session.pack(&h).unwrap_or_default(),
+                    self.session.pack(&Value::map()).unwrap_or_default(),
+                    md,
+                    self.session.pack(&ippx_protocol::vmap! {"status" => "ok"}).unwrap_or_default(),
+                )
             }
         };
         md.insert("broadcast_targets", pairs);
@@ -350,7 +350,8 @@ mod tests {
             "is_broadcast" => true,
             "is_coalescing" => coalescing,
         };
-        let (h, frames) = client.serialize(vec![b"client".to_vec()], "apply_request", Parent::None, &md, &Value::map(), vec![b"fn".to_vec()]).expect("ser");
+        let (h, frames) =
+            client.serialize(vec![b"client".to_vec()], "apply_request", Parent::None, &md, &Value::map(), vec![b"fn".to_vec()]).expect("ser");
         (h.msg_id, frames)
     }
 

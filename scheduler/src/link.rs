@@ -244,8 +244,13 @@ mod tests {
     use clap::Parser as _;
 
     fn args() -> SchedulerArgs {
-        SchedulerArgs::try_parse_from(["ippx-scheduler", "--monitor=tcp://127.0.0.1:1", "--notification=tcp://127.0.0.1:2", "--registration=tcp://127.0.0.1:3"])
-            .expect("parse")
+        SchedulerArgs::try_parse_from([
+            "ippx-scheduler",
+            "--monitor=tcp://127.0.0.1:1",
+            "--notification=tcp://127.0.0.1:2",
+            "--registration=tcp://127.0.0.1:3",
+        ])
+        .expect("parse")
     }
 
     #[test]

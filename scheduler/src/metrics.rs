@@ -8,7 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Every socket the scheduler reads, as a metric label.
-pub const SOCKETS: &[&str] = &["mux_in", "mux_out", "control_in", "control_out", "iopub", "task_in", "task_out", "broadcast_in", "broadcast_out", "notification", "query"];
+pub const SOCKETS: &[&str] =
+    &["mux_in", "mux_out", "control_in", "control_out", "iopub", "task_in", "task_out", "broadcast_in", "broadcast_out", "notification", "query"];
 
 /// Reasons a message is dropped; a fixed set keeps label cardinality bounded.
 pub const REASONS: &[&str] = &["bad_signature", "malformed", "replay", "unknown", "unroutable", "duplicate"];

@@ -1,4 +1,4 @@
-//! The MUX, control and IOPub relays as pure frame transformations (spec 5.1, 5.2, 5.6).
+//! The MUX, control and IOPub relays as pure frame transformations (docs/protocol.md §5.1, 5.2, 5.6).
 //!
 //! Relays never unpack or re-sign: the routing prefix is not signed, so swapping it
 //! keeps the sender's signature valid for the engine or client that checks it.
@@ -50,7 +50,7 @@ pub fn check_message<F: std::ops::Deref<Target = [u8]>>(frames: &[F]) -> Result<
     Ok(())
 }
 
-/// `[topic] + frames`, the monitor copy format the hub reads (spec 5.7).
+/// `[topic] + frames`, the monitor copy format the hub reads (docs/protocol.md §5.7).
 pub fn monitor_copy<F: std::ops::Deref<Target = [u8]>>(topic: MonitorTopic, frames: &[F]) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(frames.len() + 1);
     out.push(topic.as_bytes().to_vec());

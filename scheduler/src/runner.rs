@@ -3,13 +3,13 @@
 //! only moves frames, counts drops and keeps time.
 
 use crate::broadcast::{BroadcastOutbox, BroadcastScheduler};
+use crate::link::{BoundPorts, MonitorLink, MonitorTx, RelayPorts};
 use crate::relay;
 use crate::task::{Scheme, TaskConfig, TaskOutbox, TaskScheduler};
 use crate::Counters;
 use ippx_protocol::content::EngineNotification;
 use ippx_protocol::{MonitorTopic, Parent, Session, SessionConfig, Value};
 use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver};
-use crate::link::{BoundPorts, MonitorLink, MonitorTx, RelayPorts};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TaskMode {
     Balanced(Scheme),
-    /// A plain ROUTER↔DEALER relay that round-robins (spec 5.3.9).
+    /// A plain ROUTER↔DEALER relay that round-robins (docs/protocol.md §5.3.9).
     Pure,
     /// `--scheme=none`: the ports are bound but nothing is scheduled.
     None,
@@ -38,7 +38,9 @@ impl std::str::FromStr for TaskMode {
         match s.trim().to_ascii_lowercase().as_str() {
             "pure" => Ok(TaskMode::Pure),
             "none" => Ok(TaskMode::None),
-            other => other.parse::<Scheme>().map(TaskMode::Balanced).map_err(|_| format!("unknown scheme {s:?} (one of {})", TaskMode::names().join(", "))),
+            other => {
+                other.parse::<Scheme>().map(TaskMode::Balanced).map_err(|_| format!("unknown scheme {s:?} (one of {})", TaskMode::names().join(", ")))
+            }
         }
     }
 }
@@ -212,7 +214,19 @@ impl Sockets {
     /// The sockets the loop reads, in [`slot`] order.
     fn poll_list<'a>(&'a self, stop: &'a WakeReceiver) -> Vec<&'a zmq::Socket> {
         let mut list = Vec::with_capacity(slot::LEAVES + self.bcast_leaves.len());
-        list.extend([stop.socket(), &self.notif, &self.query, &self.mux_in, &self.mux_out, &self.ctl_in, &self.ctl_out, &self.iopub_sub, &self.task_in, &self.task_out, &self.bcast_root]);
+        list.extend([
+            stop.socket(),
+            &self.notif,
+            &self.query,
+            &self.mux_in,
+            &self.mux_out,
+            &self.ctl_in,
+            &self.ctl_out,
+            &self.iopub_sub,
+            &self.task_in,
+            &self.task_out,
+            &self.bcast_root,
+        ]);
         list.extend(self.bcast_leaves.iter());
         list
     }
@@ -229,11 +243,7 @@ impl Scheduler {
         let ctl_in = router(b"control_in")?;
         let ctl_out = router(b"control_out")?;
         let task_in = router(b"task_in")?;
-        let task_out = if cfg.task_mode == TaskMode::Pure {
-            tp::socket(ctx, SocketType::DEALER, Some(b"task_out"))?
-        } else {
-            router(b"task_out")?
-        };
+        let task_out = if cfg.task_mode == TaskMode::Pure { tp::socket(ctx, SocketType::DEALER, Some(b"task_out"))? } else { router(b"task_out")? };
         let iopub_sub = tp::socket(ctx, SocketType::SUB, None)?;
         let iopub_pub = tp::socket(ctx, SocketType::PUB, None)?;
         let bcast_root = router(b"sub_scheduler_0")?;
@@ -285,21 +295,8 @@ impl Scheduler {
             TaskMode::Pure | TaskMode::None => None,
         };
         let ports = BoundPorts { engine, client, engine_broadcast, client_broadcast };
-        let socks = Sockets {
-            mux_in,
-            mux_out,
-            ctl_in,
-            ctl_out,
-            iopub_sub,
-            iopub_pub,
-            task_in,
-            task_out,
-            bcast_root,
-            bcast_leaves,
-            monitor,
-            notif,
-            query,
-        };
+        let socks =
+            Sockets { mux_in, mux_out, ctl_in, ctl_out, iopub_sub, iopub_pub, task_in, task_out, bcast_root, bcast_leaves, monitor, notif, query };
         let rx = Rx::new(&counters);
         Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters, rx, notifications_seen: 0 })
     }
@@ -310,7 +307,7 @@ impl Scheduler {
 
     /// Runs until `stop` receives a wake-up.
     pub fn run(mut self, stop: WakeReceiver) -> anyhow::Result<Counters> {
-        // Learn the engines that registered before we started (spec 4.1 step 5).
+        // Learn the engines that registered before we started (docs/protocol.md §4.1 step 5).
         let (_, req) = self.session.serialize(vec![], "connection_request", Parent::None, &Value::map(), &Value::map(), vec![])?;
         if let Err(e) = tp::send(&self.socks.query, req) {
             warn!("cannot send connection_request to the hub: {e}");
@@ -437,7 +434,7 @@ impl Scheduler {
                     if header.msg_type == "registration_notification" {
                         self.task_call(|task, out| task.add_engine(&n.uuid, now, out));
                     } else {
-                        // Replies already received from that engine are handled first (spec 5.3.7).
+                        // Replies already received from that engine are handled first (docs/protocol.md §5.3.7).
                         self.drain_task_out();
                         self.task_call(|task, out| task.remove_engine(&n.uuid, now, out));
                     }
@@ -549,7 +546,7 @@ impl Scheduler {
     }
 
     /// A submission (from a client) or a reply (from an engine) for the task scheduler.
-    fn to_task_scheduler(&mut self, frames: Vec<Vec<u8>>, from_engine: bool) {
+    fn forward_to_task_scheduler(&mut self, frames: Vec<Vec<u8>>, from_engine: bool) {
         let peer = frames.first().cloned().unwrap_or_default();
         // As Python's scheduler does (Session.deserialize), submissions and replies are
         // verified, with the replay check, before anything is scheduled: a forged task must
@@ -593,7 +590,7 @@ impl Scheduler {
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_in) else { break };
             self.rx.task_in.inc();
             match self.cfg.task_mode {
-                TaskMode::Balanced(_) => self.to_task_scheduler(frames_of(msgs), false),
+                TaskMode::Balanced(_) => self.forward_to_task_scheduler(frames_of(msgs), false),
                 TaskMode::Pure => {
                     if let Err(e) = relay::check_message(&msgs) {
                         let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
@@ -617,7 +614,7 @@ impl Scheduler {
             let Ok(Some(msgs)) = tp::try_recv(&self.socks.task_out) else { break };
             self.rx.task_out.inc();
             match self.cfg.task_mode {
-                TaskMode::Balanced(_) => self.to_task_scheduler(frames_of(msgs), true),
+                TaskMode::Balanced(_) => self.forward_to_task_scheduler(frames_of(msgs), true),
                 TaskMode::Pure | TaskMode::None => {
                     if let Err(e) = relay::check_message(&msgs) {
                         self.drop_msg("task", e.reason(), b"engine", &e);

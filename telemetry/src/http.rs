@@ -46,11 +46,8 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 /// OpenMetrics and gets it unchanged; `promtool check metrics`, curl and older scrapers
 /// get this form.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
+    let counters: std::collections::HashSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {
         if line.starts_with("# UNIT ") || line == "# EOF" {
@@ -95,10 +92,7 @@ async fn metrics(State(s): State<Arc<AppState>>, headers: axum::http::HeaderMap)
         parts.extend(texts.iter().zip(&s.extra).map(|(t, (_, (n, v)))| (t.as_str(), Some((n.as_str(), v.as_str())))));
         body = crate::merge::merge_openmetrics(&parts);
     }
-    let wants_openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let wants_openmetrics = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/openmetrics-text"));
     if wants_openmetrics {
         (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
     } else {
@@ -168,12 +162,8 @@ pub async fn serve_full(
 ) -> std::io::Result<()> {
     let process = ProcessMetrics::register(&mut registry);
     let state = Arc::new(AppState { registry, extra, process, health });
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-        .merge(routes);
+    let app =
+        Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state).merge(routes);
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown).await
 }
 

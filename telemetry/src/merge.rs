@@ -15,10 +15,7 @@ struct Family {
 }
 
 fn family_name(line: &str) -> Option<&str> {
-    let rest = line
-        .strip_prefix("# HELP ")
-        .or_else(|| line.strip_prefix("# TYPE "))
-        .or_else(|| line.strip_prefix("# UNIT "))?;
+    let rest = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")).or_else(|| line.strip_prefix("# UNIT "))?;
     Some(rest.split_once(' ').map_or(rest, |(n, _)| n))
 }
 
@@ -30,11 +27,7 @@ fn parse(text: &str) -> Vec<Family> {
         }
         if let Some(name) = family_name(line) {
             if out.last().is_none_or(|f| f.name != name) {
-                out.push(Family {
-                    name: name.to_owned(),
-                    meta: Vec::new(),
-                    samples: Vec::new(),
-                });
+                out.push(Family { name: name.to_owned(), meta: Vec::new(), samples: Vec::new() });
             }
             if let Some(f) = out.last_mut() {
                 f.meta.push(line.to_owned());
@@ -48,11 +41,7 @@ fn parse(text: &str) -> Vec<Family> {
                 // A sample before any metadata: a family of its own, named by the sample.
                 None => {
                     let name = line.split(['{', ' ']).next().unwrap_or(line).to_owned();
-                    out.push(Family {
-                        name,
-                        meta: Vec::new(),
-                        samples: vec![line.to_owned()],
-                    });
+                    out.push(Family { name, meta: Vec::new(), samples: vec![line.to_owned()] });
                 }
             }
         }
@@ -66,10 +55,7 @@ fn with_label(sample: &str, name: &str, value: &str) -> String {
     let (metric, rest) = sample.split_at(metric_end);
     if let Some(labels) = rest.strip_prefix('{') {
         let end = labels.find('}').unwrap_or(labels.len());
-        if labels[..end]
-            .split(',')
-            .any(|l| l.trim_start().starts_with(&format!("{name}=\"")))
-        {
+        if labels[..end].split(',').any(|l| l.trim_start().starts_with(&format!("{name}=\""))) {
             return sample.to_owned();
         }
         let sep = if labels.starts_with('}') { "" } else { "," };
@@ -93,11 +79,7 @@ pub fn merge_openmetrics(parts: &[(&str, Option<(&str, &str)>)]) -> String {
             });
             match merged.iter_mut().find(|f| f.name == fam.name) {
                 Some(f) => f.samples.extend(samples),
-                None => merged.push(Family {
-                    name: fam.name,
-                    meta: fam.meta,
-                    samples: samples.collect(),
-                }),
+                None => merged.push(Family { name: fam.name, meta: fam.meta, samples: samples.collect() }),
             }
         }
     }
@@ -126,45 +108,19 @@ ippx_scheduler_engines 2\n# HELP ippx_build_info B.\n# TYPE ippx_build_info gaug
     #[test]
     fn same_families_merge_and_the_label_keeps_series_apart() {
         let m = merge_openmetrics(&[(HUB, None), (SCHED, Some(("component", "scheduler")))]);
-        assert_eq!(
-            m.matches("# TYPE ippx_messages_dropped counter").count(),
-            1,
-            "{m}"
-        );
+        assert_eq!(m.matches("# TYPE ippx_messages_dropped counter").count(), 1, "{m}");
         assert_eq!(m.matches("# TYPE ippx_build_info gauge").count(), 1, "{m}");
-        assert!(
-            m.contains("ippx_messages_dropped_total{reason=\"malformed\"} 1\n"),
-            "{m}"
-        );
-        assert!(
-            m.contains(
-                "ippx_messages_dropped_total{component=\"scheduler\",reason=\"malformed\"} 3\n"
-            ),
-            "{m}"
-        );
+        assert!(m.contains("ippx_messages_dropped_total{reason=\"malformed\"} 1\n"), "{m}");
+        assert!(m.contains("ippx_messages_dropped_total{component=\"scheduler\",reason=\"malformed\"} 3\n"), "{m}");
         // a label the sample already has is left alone
-        assert!(
-            m.contains("ippx_build_info{version=\"0.1.0\",component=\"scheduler\"} 1\n"),
-            "{m}"
-        );
-        assert!(
-            m.contains("ippx_scheduler_engines{component=\"scheduler\"} 2\n"),
-            "{m}"
-        );
-        assert!(
-            m.ends_with("# EOF\n") && m.matches("# EOF").count() == 1,
-            "{m}"
-        );
+        assert!(m.contains("ippx_build_info{version=\"0.1.0\",component=\"scheduler\"} 1\n"), "{m}");
+        assert!(m.contains("ippx_scheduler_engines{component=\"scheduler\"} 2\n"), "{m}");
+        assert!(m.ends_with("# EOF\n") && m.matches("# EOF").count() == 1, "{m}");
         // the scheduler's samples follow the hub's inside the one family
         let a = m.find("reason=\"malformed\"} 1").unwrap_or(usize::MAX);
-        let b = m
-            .find("component=\"scheduler\",reason=\"malformed\"} 3")
-            .unwrap_or(0);
+        let b = m.find("component=\"scheduler\",reason=\"malformed\"} 3").unwrap_or(0);
         assert!(a < b, "{m}");
-        let families: Vec<&str> = m
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .collect();
+        let families: Vec<&str> = m.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
         assert_eq!(families.len(), 4, "{families:?}");
     }
 
@@ -172,10 +128,7 @@ ippx_scheduler_engines 2\n# HELP ippx_build_info B.\n# TYPE ippx_build_info gaug
     fn labels_go_into_empty_and_missing_label_sets() {
         assert_eq!(with_label("x_total 1", "c", "s"), "x_total{c=\"s\"} 1");
         assert_eq!(with_label("x_total{} 1", "c", "s"), "x_total{c=\"s\"} 1");
-        assert_eq!(
-            with_label("x_bucket{le=\"0.1\"} 1 # {a=\"b\"} 0.5", "c", "s"),
-            "x_bucket{c=\"s\",le=\"0.1\"} 1 # {a=\"b\"} 0.5"
-        );
+        assert_eq!(with_label("x_bucket{le=\"0.1\"} 1 # {a=\"b\"} 0.5", "c", "s"), "x_bucket{c=\"s\",le=\"0.1\"} 1 # {a=\"b\"} 0.5");
         assert_eq!(with_label("x{c=\"hub\"} 1", "c", "s"), "x{c=\"hub\"} 1");
     }
 }

@@ -51,10 +51,7 @@ pub fn bind(sock: &Socket, transport: &str, ip: &str, port: u16) -> Result<u16> 
         .get_last_endpoint()
         .map_err(ctx_err("last_endpoint", &addr))?
         .map_err(|raw| TransportError::Endpoint(String::from_utf8_lossy(&raw).into_owned()))?;
-    ep.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or(TransportError::Endpoint(ep.clone()))
+    ep.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or(TransportError::Endpoint(ep.clone()))
 }
 
 /// Binds a full endpoint such as `inproc://name`.
@@ -118,11 +115,7 @@ pub struct FdReady {
 /// Like [`poll`], over sockets and plain fds (pipes, a Unix socket, a signal self-pipe)
 /// in one wait: the engine's supervisor watches its worker's output and link with the
 /// same loop as its zmq sockets. `fds` are `(fd, also wait for writable)`.
-pub fn poll_with_fds(
-    socks: &[&Socket],
-    fds: &[(std::os::fd::RawFd, bool)],
-    timeout_ms: i64,
-) -> Result<(Vec<bool>, Vec<FdReady>)> {
+pub fn poll_with_fds(socks: &[&Socket], fds: &[(std::os::fd::RawFd, bool)], timeout_ms: i64) -> Result<(Vec<bool>, Vec<FdReady>)> {
     let mut items: Vec<zmq::PollItem<'_>> = socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
     for (fd, w) in fds {
         let ev = if *w { zmq::POLLIN | zmq::POLLOUT } else { zmq::POLLIN };
@@ -135,7 +128,11 @@ pub fn poll_with_fds(
     let s = items[..socks.len()].iter().map(zmq::PollItem::is_readable).collect();
     let f = items[socks.len()..]
         .iter()
-        .map(|it| FdReady { readable: it.is_readable(), writable: it.is_writable(), closed: it.is_error() || it.get_revents().contains(zmq::POLLERR) })
+        .map(|it| FdReady {
+            readable: it.is_readable(),
+            writable: it.is_writable(),
+            closed: it.is_error() || it.get_revents().contains(zmq::POLLERR),
+        })
         .collect();
     Ok((s, f))
 }

@@ -39,15 +39,10 @@ mod _ippx_worker {
     /// Blocks without the GIL. The first call returns the init message.
     #[pyfunction]
     fn recv(py: Python<'_>) -> PyResult<Option<Bound<'_, PyList>>> {
-        let parts = if let Some(init) = INIT
-            .get()
-            .filter(|_| !INIT_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst))
-        {
+        let parts = if let Some(init) = INIT.get().filter(|_| !INIT_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst)) {
             Some(init.clone())
         } else {
-            let link = LINK_IN
-                .get()
-                .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
+            let link = LINK_IN.get().ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
             py.detach(|| {
                 let mut s = link.lock().unwrap_or_else(|p| p.into_inner());
                 ipc::read_blocking(&mut *s)
@@ -57,8 +52,7 @@ mod _ippx_worker {
         match parts {
             None => Ok(None),
             Some(parts) => {
-                let items: Vec<Bound<'_, PyBytes>> =
-                    parts.iter().map(|p| PyBytes::new(py, p)).collect();
+                let items: Vec<Bound<'_, PyBytes>> = parts.iter().map(|p| PyBytes::new(py, p)).collect();
                 Ok(Some(PyList::new(py, items)?))
             }
         }
@@ -68,9 +62,7 @@ mod _ippx_worker {
     #[pyfunction]
     fn send(py: Python<'_>, parts: Vec<Vec<u8>>) -> PyResult<()> {
         let frame = ipc::encode(&parts);
-        let link = LINK_OUT
-            .get()
-            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
+        let link = LINK_OUT.get().ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no link"))?;
         py.detach(|| {
             let mut s = link.lock().unwrap_or_else(|p| p.into_inner());
             s.write_all(&frame)
@@ -95,11 +87,7 @@ fn lifeline(conf: serde_json::Value) {
         }
     }
     // Told to stop on purpose (the supervisor wrote "q") or orphaned: either way, leave.
-    if conf
-        .get("unregister_on_orphan")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(true)
-    {
+    if conf.get("unregister_on_orphan").and_then(|v| v.as_bool()).unwrap_or(true) {
         let _ = unregister(&conf);
     }
     unsafe { libc::_exit(1) };
@@ -116,16 +104,8 @@ fn unregister(conf: &serde_json::Value) -> Option<()> {
     let sock = ippx_transport::socket(&ctx, ippx_transport::zmq::SocketType::DEALER, None).ok()?;
     let _ = sock.set_linger(1000);
     ippx_transport::connect(&sock, url).ok()?;
-    let (_, frames) = session
-        .serialize(
-            vec![],
-            "unregistration_request",
-            Parent::None,
-            &Value::map(),
-            &ippx_protocol::vmap! {"id" => id},
-            vec![],
-        )
-        .ok()?;
+    let (_, frames) =
+        session.serialize(vec![], "unregistration_request", Parent::None, &Value::map(), &ippx_protocol::vmap! {"id" => id}, vec![]).ok()?;
     ippx_transport::send(&sock, frames).ok()?;
     drop(sock);
     drop(ctx); // linger: waits up to 1 s for the message to leave
@@ -139,14 +119,12 @@ fn init_python(python: &str) -> Result<(), String> {
         pyo3::ffi::PyConfig_InitPythonConfig(&mut config);
         config.install_signal_handlers = 1;
         config.parse_argv = 0;
-        let st =
-            pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, c.as_ptr());
+        let st = pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.program_name, c.as_ptr());
         if pyo3::ffi::PyStatus_Exception(st) != 0 {
             pyo3::ffi::PyConfig_Clear(&mut config);
             return Err("PyConfig program_name".into());
         }
-        let st =
-            pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, c.as_ptr());
+        let st = pyo3::ffi::PyConfig_SetBytesString(&mut config, &mut config.executable, c.as_ptr());
         if pyo3::ffi::PyStatus_Exception(st) != 0 {
             pyo3::ffi::PyConfig_Clear(&mut config);
             return Err("PyConfig executable".into());
@@ -200,16 +178,10 @@ pub fn serve(link: UnixStream, lifeline_fd: bool) -> i32 {
         }
     };
     let conf: serde_json::Value = serde_json::from_slice(&init[1]).unwrap_or_default();
-    let python = conf
-        .get("python")
-        .and_then(|v| v.as_str())
-        .unwrap_or("python3")
-        .to_owned();
+    let python = conf.get("python").and_then(|v| v.as_str()).unwrap_or("python3").to_owned();
     if lifeline_fd {
         let lconf = conf.clone();
-        let _ = std::thread::Builder::new()
-            .name("lifeline".into())
-            .spawn(move || lifeline(lconf));
+        let _ = std::thread::Builder::new().name("lifeline".into()).spawn(move || lifeline(lconf));
     }
     let _ = LINK_IN.set(Mutex::new(reader));
     let _ = LINK_OUT.set(Mutex::new(out));
@@ -225,8 +197,7 @@ pub fn serve(link: UnixStream, lifeline_fd: bool) -> i32 {
             Ok(s) => s,
             Err(_) => return 70,
         };
-        let res = PyModule::from_code(py, &src, c"ippx_engine_worker.py", c"ippx_engine_worker")
-            .and_then(|m| m.getattr("main")?.call0().map(|_| ()));
+        let res = PyModule::from_code(py, &src, c"ippx_engine_worker.py", c"ippx_engine_worker").and_then(|m| m.getattr("main")?.call0().map(|_| ()));
         match res {
             Ok(()) => 0,
             Err(e) => match exit_code(py, &e) {

@@ -55,7 +55,6 @@ impl HubSockets {
     }
 }
 
-
 /// The hub's socket thread.
 pub(crate) struct HubIo {
     pub socks: HubSockets,
@@ -215,7 +214,13 @@ impl HubIo {
                     self.hub.drop_msg("malformed");
                     warn!(socket = "registration", reason = "malformed", peer = %who, msg_type = %header.msg_type, "dropped message: cannot unpack {part}: {e}");
                     let content = ippx_protocol::content::ErrorContent::new("ProtocolError", format!("cannot unpack {part}: {e}")).to_value();
-                    outs.push(HubOut::Reply { idents: env.idents().to_vec(), msg_type: "hub_error".into(), parent: env.header_bytes().to_vec(), content, buffers: vec![] });
+                    outs.push(HubOut::Reply {
+                        idents: env.idents().to_vec(),
+                        msg_type: "hub_error".into(),
+                        parent: env.header_bytes().to_vec(),
+                        content,
+                        buffers: vec![],
+                    });
                     return;
                 }
                 let idents = env.idents().to_vec();
@@ -225,7 +230,7 @@ impl HubIo {
                 self.metrics.received("registration", "");
                 self.hub.drop_msg(e.reason());
                 warn!(socket = "registration", reason = e.reason(), peer = %who, "dropped message: {e}");
-                // Answer where we can, so a client never waits forever (spec 4.2).
+                // Answer where we can, so a client never waits forever (docs/protocol.md §4.2).
                 let Some(d) = ippx_protocol::wire::find_delim(&frames) else { return };
                 if d == 0 {
                     return;
@@ -256,7 +261,7 @@ impl HubIo {
         };
         let idents: Vec<Vec<u8>> = env.idents().iter().map(|m| m.to_vec()).collect();
         // Copies of messages the relays already passed on: verify, but no replay check
-        // (spec 1.3). A forged copy must not create records. A scheduler on our own thread
+        // (docs/protocol.md §1.3). A forged copy must not create records. A scheduler on our own thread
         // has already verified task traffic (it drops what does not verify), and nobody
         // else can reach the inproc monitor socket, so those copies are not checked twice.
         let trusted = self.trust_task_copies && MonitorTopic::from_bytes(&topic).is_some_and(MonitorTopic::is_task);
@@ -330,7 +335,14 @@ impl HubIo {
                     let _ = self.events.send(Event::ShutdownRequested);
                 }
                 HubOut::Submit { header, content, buffers } => {
-                    match self.session.serialize_with_header(vec![], &header, Parent::Header(&header), &ippx_protocol::Value::map(), &content, buffers) {
+                    match self.session.serialize_with_header(
+                        vec![],
+                        &header,
+                        Parent::Header(&header),
+                        &ippx_protocol::Value::map(),
+                        &content,
+                        buffers,
+                    ) {
                         Ok(frames) => {
                             if let Err(e) = tp::send(&self.socks.submit, frames) {
                                 warn!(msg_id = %header.msg_id, "cannot submit to the task scheduler: {e}");

@@ -149,7 +149,11 @@ impl Controller {
     }
 
     /// Starts the hub's socket thread.
-    pub fn start(&mut self, events: mpsc::Sender<Event>, metrics: crate::metrics::HubMetrics) -> anyhow::Result<(Waker, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        &mut self,
+        events: mpsc::Sender<Event>,
+        metrics: crate::metrics::HubMetrics,
+    ) -> anyhow::Result<(Waker, std::thread::JoinHandle<()>)> {
         let (waker, stop) = tp::waker(&self.ctx, &format!("hub-stop-{}", self.client_file.registration))?;
         let socks = self.socks.take().context("already started")?;
         let hub = self.hub.take().context("already started")?;

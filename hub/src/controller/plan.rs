@@ -27,7 +27,8 @@ pub struct Plan {
 fn load_reusable(profile: &Profile) -> Option<(EngineConnectionFile, ClientConnectionFile)> {
     let e: EngineConnectionFile = connection::read(&profile.engine_file()).ok()?;
     let c: ClientConnectionFile = connection::read(&profile.client_file()).ok()?;
-    let same = e.key == c.key && e.registration == c.registration && e.pack == c.pack && e.unpack == c.unpack && e.signature_scheme == c.signature_scheme;
+    let same =
+        e.key == c.key && e.registration == c.registration && e.pack == c.pack && e.unpack == c.unpack && e.signature_scheme == c.signature_scheme;
     same.then_some((e, c))
 }
 

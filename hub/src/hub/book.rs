@@ -41,6 +41,10 @@ pub struct Bookkeeping {
     pub completed_bytes: usize,
 }
 
+/// A gone engine and the direct requests still queued on it, each with the time its
+/// request copy arrived.
+pub type StrandedQueue = (Engine, Vec<(String, Option<Instant>)>);
+
 /// The outcome of a `task_destination` copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Assigned {
@@ -77,7 +81,7 @@ pub struct TaskBook {
     owner: HashMap<String, EngineId>,
     /// When the request copy of each pending task arrived, for latency metrics.
     seen: HashMap<String, Instant>,
-    /// Engines gone, with the time their direct queue is failed (spec 3.6): replies may
+    /// Engines gone, with the time their direct queue is failed (docs/protocol.md §3.6): replies may
     /// still be in flight until then.
     stranded: Vec<(Instant, Engine)>,
 }
@@ -213,7 +217,7 @@ impl TaskBook {
     /// The stranded engines whose time has come, each with the direct requests still
     /// queued on it (and when their request copies came); those are completed (as
     /// failed) in the book.
-    pub fn fail_stranded(&mut self, now: Instant) -> Vec<(Engine, Vec<(String, Option<Instant>)>)> {
+    pub fn fail_stranded(&mut self, now: Instant) -> Vec<StrandedQueue> {
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stranded).into_iter().partition(|(t, _)| *t <= now);
         self.stranded = keep;
         let mut out = Vec::with_capacity(due.len());

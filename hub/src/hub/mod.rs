@@ -73,7 +73,7 @@ pub enum HubOut {
     SaveState(EngineState),
     /// A client asked the hub to shut down; exit after a short grace period.
     Shutdown,
-    /// Send a request into the task scheduler as if from a client (resubmit, spec 4.3.6).
+    /// Send a request into the task scheduler as if from a client (resubmit, docs/protocol.md §4.3.6).
     /// The loop signs it with `header` as given and `parent_header` equal to it; replies
     /// to the hub's own submissions are discarded.
     Submit { header: Header, content: Value, buffers: Vec<Vec<u8>> },
@@ -102,8 +102,6 @@ pub struct HubSettings {
     /// `--nodb`: [`Hub::new`] keeps no records; reads fail as stock NoDB does.
     pub nodb: bool,
 }
-
-
 
 /// Counters for logs and metrics.
 #[derive(Debug, Default, Clone)]
@@ -358,7 +356,7 @@ impl Hub {
     }
 
     /// Direct requests still queued on a dead engine get a synthetic EngineError record
-    /// (spec 3.6). Clients synthesise their own; this is for the hub's bookkeeping.
+    /// (docs/protocol.md §3.6). Clients synthesise their own; this is for the hub's bookkeeping.
     fn fail_stranded_direct(&mut self, e: &Engine, ids: Vec<(String, Option<Instant>)>, at: Now) {
         for (msg_id, seen) in ids {
             *self.stats.completed.entry(("mux", "error")).or_default() += 1;
@@ -388,7 +386,6 @@ impl Hub {
             warn!(msg_id, "could not store {what}: {e}");
         }
     }
-
 }
 
 /// Read-only views for the status page (`crate::status::collect`).

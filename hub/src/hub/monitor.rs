@@ -1,4 +1,4 @@
-//! Monitor copies from the relays (spec 5): every request, reply and IOPub message the
+//! Monitor copies from the relays (docs/protocol.md §5): every request, reply and IOPub message the
 //! schedulers pass on is copied to the hub, which keeps the task book and the records.
 
 use super::book::{Assigned, Finished};
@@ -37,7 +37,7 @@ fn run_seconds(md: &Value, reply_date: &str) -> Option<f64> {
     (us >= 0).then(|| us as f64 / 1e6)
 }
 
-/// Carries IOPub output recorded before the request (spec 6.2) into the request record.
+/// Carries IOPub output recorded before the request (docs/protocol.md §6.2) into the request record.
 pub(super) fn keep_io(r: &mut TaskRecord, io: TaskRecord) {
     r.stdout = io.stdout;
     r.stderr = io.stderr;

@@ -193,7 +193,7 @@ impl Hub {
         Ok(ok)
     }
 
-    /// `result_request` (spec 4.3.2): ids sorted, buffers in that order.
+    /// `result_request` (docs/protocol.md §4.3.2): ids sorted, buffers in that order.
     fn results(&mut self, r: &ResultRequest) -> (Value, Vec<Vec<u8>>) {
         let mut ids: Vec<&String> = r.msg_ids.iter().collect();
         ids.sort();
@@ -247,7 +247,7 @@ impl Hub {
         (c, buffers)
     }
 
-    /// `db_request` (spec 4.3.4): records matching the query, with `keys` (null: all but
+    /// `db_request` (docs/protocol.md §4.3.4): records matching the query, with `keys` (null: all but
     /// the buffers); buffers follow per record, request buffers then result buffers.
     fn db_query(&mut self, req: &Value) -> (Value, Vec<Vec<u8>>) {
         let q = match Query::parse(req.get("query")) {
@@ -298,8 +298,11 @@ impl Hub {
         let mut result_buffer_lens = Vec::new();
         let mut out = Vec::with_capacity(records.len());
         for mut rec in records {
-            let m: Vec<(String, Value)> =
-                out_fields.iter().filter(|f| !matches!(f, Field::Buffers | Field::ResultBuffers)).map(|f| (f.name().to_owned(), rec.value(*f))).collect();
+            let m: Vec<(String, Value)> = out_fields
+                .iter()
+                .filter(|f| !matches!(f, Field::Buffers | Field::ResultBuffers))
+                .map(|f| (f.name().to_owned(), rec.value(*f)))
+                .collect();
             out.push(Value::Map(m));
             if want_bufs {
                 buffer_lens.push(Value::from(rec.buffers.len() as i64));
@@ -320,7 +323,7 @@ impl Hub {
         (c, buffers)
     }
 
-    /// `purge_request` (spec 4.3.5). The hub's own counters are not purged.
+    /// `purge_request` (docs/protocol.md §4.3.5). The hub's own counters are not purged.
     fn purge(&mut self, req: &Value) -> Value {
         let completed = || Query::default().with(Field::Completed, Op::Ne, Q::Nil);
         let ids: Vec<String> = match req.get("msg_ids") {
@@ -372,7 +375,7 @@ impl Hub {
         id
     }
 
-    /// `resubmit_request` (spec 4.3.6): validates, then builds the new messages (returned
+    /// `resubmit_request` (docs/protocol.md §4.3.6): validates, then builds the new messages (returned
     /// as `HubOut::Submit`s for the task scheduler) and their records. Returns the
     /// submissions and the `old → new` mapping, or the error content.
     fn resubmit(&mut self, req: &Value, wall: Timestamp) -> Result<Resubmission, Value> {
@@ -383,7 +386,8 @@ impl Hub {
         };
         let mut seen = std::collections::HashSet::new();
         ids.retain(|id| seen.insert(id.clone()));
-        let records = self.store.find(&Query::ids(&ids), Fields::of(&[Field::Header, Field::Content, Field::Buffers])).map_err(|e| store_error(&e))?;
+        let records =
+            self.store.find(&Query::ids(&ids), Fields::of(&[Field::Header, Field::Content, Field::Buffers])).map_err(|e| store_error(&e))?;
         if records.len() > ids.len() {
             return Err(error_value("RuntimeError", "DB appears to be in an inconsistent state. More matching records were found than should exist"));
         }

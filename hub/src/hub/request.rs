@@ -46,7 +46,7 @@ macro_rules! requests {
 requests! {
     /// The Client's first message: the engines registered so far.
     Connection = "connection_request" => "connection_reply",
-    /// An engine asks for an id (spec 3.1).
+    /// An engine asks for an id (docs/protocol.md §3.1).
     Registration(RegistrationRequest) = "registration_request" => "registration_reply",
     /// The nanny or a dying engine says goodbye; no reply.
     Unregistration(UnregistrationRequest) = "unregistration_request" => "unregistration_reply",
@@ -109,11 +109,11 @@ mod tests {
     #[test]
     fn bad_content_and_unknown_types_are_errors_with_stock_replies() {
         let p = Packer::Json;
-        let e = Request::decode("registration_request", b"[1]", p).expect_err("not a map");
+        let e = Request::decode("registration_request", b"\"x\"", p).expect_err("not a map");
         assert_eq!(e.reply_type(), Some("registration_reply"));
-        let e = Request::decode("queue_request", b"[1]", p).expect_err("not a map");
+        let e = Request::decode("queue_request", b"\"x\"", p).expect_err("not a map");
         assert_eq!(e.reply_type(), Some("hub_error"));
-        let e = Request::decode("unregistration_request", b"[1]", p).expect_err("not a map");
+        let e = Request::decode("unregistration_request", b"\"x\"", p).expect_err("not a map");
         assert_eq!(e.reply_type(), None);
         let e = Request::decode("nonsense_request", b"{}", p).expect_err("unknown");
         assert_eq!(e, RequestError::Unknown("nonsense_request".into()));

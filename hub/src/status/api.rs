@@ -219,13 +219,7 @@ pub fn latency_from_text(text: &str, name: &str) -> BTreeMap<String, Latency> {
             let v = v.trim_matches('"');
             match k.trim() {
                 "queue" => queue = v.to_owned(),
-                "le" => {
-                    le = Some(if v == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        v.parse().unwrap_or(f64::NAN)
-                    })
-                }
+                "le" => le = Some(if v == "+Inf" { f64::INFINITY } else { v.parse().unwrap_or(f64::NAN) }),
                 _ => {}
             }
         }
@@ -249,10 +243,7 @@ pub fn latency_from_text(text: &str, name: &str) -> BTreeMap<String, Latency> {
         entry.buckets = cum
             .iter()
             .map(|(le, n)| {
-                let b = Bucket {
-                    le: le.is_finite().then_some(*le),
-                    count: n.saturating_sub(prev),
-                };
+                let b = Bucket { le: le.is_finite().then_some(*le), count: n.saturating_sub(prev) };
                 prev = *n;
                 b
             })
@@ -283,11 +274,7 @@ fn quantile(cum: &[(f64, u64)], total: u64, q: f64) -> Option<f64> {
                 return Some(lower.0);
             }
             let in_bucket = (n - lower.1) as f64;
-            let frac = if in_bucket > 0.0 {
-                (rank - lower.1 as f64) / in_bucket
-            } else {
-                1.0
-            };
+            let frac = if in_bucket > 0.0 { (rank - lower.1 as f64) / in_bucket } else { 1.0 };
             return Some(lower.0 + (le - lower.0) * frac);
         }
         lower = (le, n);
@@ -315,10 +302,7 @@ mod tests {
         let t = &l["task"];
         assert_eq!(t.count, 100);
         assert_eq!(t.mean_s, Some(0.005));
-        assert_eq!(
-            t.buckets.iter().map(|b| b.count).collect::<Vec<_>>(),
-            [50, 40, 10, 0]
-        );
+        assert_eq!(t.buckets.iter().map(|b| b.count).collect::<Vec<_>>(), [50, 40, 10, 0]);
         assert_eq!(t.buckets.last().map(|b| b.le), Some(None));
         assert!((t.p50_s.unwrap_or(0.0) - 0.001).abs() < 1e-12);
         assert!((t.p90_s.unwrap_or(0.0) - 0.002).abs() < 1e-12);
@@ -332,12 +316,7 @@ mod tests {
         use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
         let mut reg = prometheus_client::registry::Registry::default();
         let h = Histogram::new(exponential_buckets(50e-6, 2.0, 22));
-        reg.sub_registry_with_prefix("ippx").register_with_unit(
-            "task_latency",
-            "x",
-            prometheus_client::registry::Unit::Seconds,
-            h.clone(),
-        );
+        reg.sub_registry_with_prefix("ippx").register_with_unit("task_latency", "x", prometheus_client::registry::Unit::Seconds, h.clone());
         for _ in 0..10 {
             h.observe(0.0003);
         }
@@ -353,11 +332,8 @@ mod tests {
 
     #[test]
     fn garbage_text_gives_nothing() {
-        assert!(latency_from_text(
-            "ippx_task_latency_seconds_bucket{le=\"x\"} y\nippx_task_latency_seconds_bucket no",
-            "ippx_task_latency_seconds"
-        )
-        .values()
-        .all(|l| l.buckets.is_empty() && l.count == 0));
+        assert!(latency_from_text("ippx_task_latency_seconds_bucket{le=\"x\"} y\nippx_task_latency_seconds_bucket no", "ippx_task_latency_seconds")
+            .values()
+            .all(|l| l.buckets.is_empty() && l.count == 0));
     }
 }

@@ -82,11 +82,7 @@ pub struct StatusQuery {
 
 impl Default for StatusQuery {
     fn default() -> Self {
-        StatusQuery {
-            offset: 0,
-            limit: 100,
-            sort: Sort::Id,
-        }
+        StatusQuery { offset: 0, limit: 100, sort: Sort::Id }
     }
 }
 
@@ -114,20 +110,11 @@ impl Default for StatusLink {
 
 impl StatusLink {
     pub fn new() -> Self {
-        StatusLink {
-            shared: Arc::new(Shared {
-                wanted: AtomicBool::new(false),
-                requests: Mutex::new(Vec::new()),
-            }),
-        }
+        StatusLink { shared: Arc::new(Shared { wanted: AtomicBool::new(false), requests: Mutex::new(Vec::new()) }) }
     }
 
     fn ask(&self, r: Request) -> Result<(), StatusError> {
-        let mut q = self
-            .shared
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = self.shared.requests.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= MAX_QUEUED {
             return Err(StatusError::Busy);
         }
@@ -166,13 +153,7 @@ impl StatusLink {
         if !self.shared.wanted.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        std::mem::take(
-            &mut *self
-                .shared
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
+        std::mem::take(&mut *self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -220,16 +201,9 @@ impl Hub {
             names.insert(e.id.0, engine_name(e.id.0, e.host.as_deref()));
         }
         for l in &t.lost {
-            names
-                .entry(l.id.0)
-                .or_insert_with(|| format!("{} (lost)", engine_name(l.id.0, l.host.as_deref())));
+            names.entry(l.id.0).or_insert_with(|| format!("{} (lost)", engine_name(l.id.0, l.host.as_deref())));
         }
-        timeline::Export {
-            entries: t.timeline.entries(),
-            engine_names: names,
-            total: t.timeline.total,
-            capacity: t.timeline.capacity(),
-        }
+        timeline::Export { entries: t.timeline.entries(), engine_names: names, total: t.timeline.total, capacity: t.timeline.capacity() }
     }
 
     /// Everything `/api/status` reports except the latency histogram, which the HTTP side
@@ -238,10 +212,7 @@ impl Hub {
         let t0 = Instant::now();
         let period = self.heartbeat_period();
         let late_after = 2.0 * period.as_secs_f64();
-        let loads: BTreeMap<u64, (usize, u64)> = self
-            .engine_loads()
-            .map(|(id, outstanding, done)| (id.0, (outstanding, done)))
-            .collect();
+        let loads: BTreeMap<u64, (usize, u64)> = self.engine_loads().map(|(id, outstanding, done)| (id.0, (outstanding, done))).collect();
         let tr: &mut Tracker = &mut self.status;
         let sec = tr.sec(now);
         let hist = tr.rates.history(sec, 60);
@@ -274,14 +245,7 @@ impl Hub {
         let mut hosts: BTreeMap<String, api::HostOut> = BTreeMap::new();
         for r in &rows {
             let name = r.host.clone().unwrap_or_else(|| "(unknown)".into());
-            let h = hosts.entry(name.clone()).or_insert_with(|| api::HostOut {
-                host: name,
-                engines: 0,
-                late: 0,
-                running: 0,
-                queued: 0,
-                done: 0,
-            });
+            let h = hosts.entry(name.clone()).or_insert_with(|| api::HostOut { host: name, engines: 0, late: 0, running: 0, queued: 0, done: 0 });
             h.engines += 1;
             h.late += usize::from(r.state == "late");
             h.running += r.running;
@@ -294,11 +258,7 @@ impl Hub {
         let total_rows = rows.len();
         match q.sort {
             Sort::Id => {}
-            Sort::Busy => rows.sort_by(|a, b| {
-                (b.running + b.queued)
-                    .cmp(&(a.running + a.queued))
-                    .then(a.id.cmp(&b.id))
-            }),
+            Sort::Busy => rows.sort_by(|a, b| (b.running + b.queued).cmp(&(a.running + a.queued)).then(a.id.cmp(&b.id))),
             Sort::Done => rows.sort_by(|a, b| b.done.cmp(&a.done).then(a.id.cmp(&b.id))),
             Sort::Heartbeat => rows.sort_by(|a, b| {
                 let key = |r: &api::EngineOut| r.last_heartbeat_age_s.unwrap_or(r.registered_age_s);
@@ -318,22 +278,13 @@ impl Hub {
                 uuid: l.uuid.clone(),
                 host: l.host.clone(),
                 lost_age_s: age(now, l.lost_at),
-                registered_for_s: l
-                    .lost_at
-                    .saturating_duration_since(l.registered_at)
-                    .as_secs_f64(),
+                registered_for_s: l.lost_at.saturating_duration_since(l.registered_at).as_secs_f64(),
             })
             .collect();
 
         let s = &self.stats;
         let sub = |queue: &str| s.submitted.get(queue).copied().unwrap_or(0);
-        let done = |outcome: &str| {
-            s.completed
-                .iter()
-                .filter(|((_, o), _)| *o == outcome)
-                .map(|(_, n)| *n)
-                .sum::<u64>()
-        };
+        let done = |outcome: &str| s.completed.iter().filter(|((_, o), _)| *o == outcome).map(|(_, n)| *n).sum::<u64>();
         let tasks = api::Tasks {
             submitted_total: sub("mux") + sub("task"),
             submitted_mux: sub("mux"),
@@ -414,12 +365,7 @@ impl Hub {
                 lost_total: tr.lost_total,
                 readded_total: tr.readded_total,
                 hosts: hosts.into_values().collect(),
-                page: api::Page {
-                    offset: q.offset,
-                    limit,
-                    total: total_rows,
-                    sort: q.sort.name(),
-                },
+                page: api::Page { offset: q.offset, limit, total: total_rows, sort: q.sort.name() },
                 list,
                 lost,
             },
@@ -429,15 +375,9 @@ impl Hub {
             failures,
             labels,
             store,
-            timeline: api::TimelineOut {
-                tasks: tr.timeline.len(),
-                capacity: tr.timeline.capacity(),
-                finished_since_start: tr.timeline.total,
-            },
+            timeline: api::TimelineOut { tasks: tr.timeline.len(), capacity: tr.timeline.capacity(), finished_since_start: tr.timeline.total },
             http: api::HttpOut::default(),
-            cost: api::Cost {
-                snapshot_build_us: t0.elapsed().as_secs_f64() * 1e6,
-            },
+            cost: api::Cost { snapshot_build_us: t0.elapsed().as_secs_f64() * 1e6 },
         }
     }
 }
@@ -448,7 +388,6 @@ fn engine_name(id: u64, host: Option<&str>) -> String {
         None => format!("engine {id}"),
     }
 }
-
 
 #[cfg(test)]
 #[path = "collect_tests.rs"]

@@ -43,27 +43,12 @@ pub fn router(link: StatusLink, latency: crate::metrics::Histograms) -> Router {
         Unit::Seconds,
         latency,
     );
-    let state = Arc::new(StatusHttp {
-        link,
-        latency: reg,
-        bad_requests: AtomicU64::new(0),
-    });
-    Router::new()
-        .route("/", get(page))
-        .route("/api/status", get(status))
-        .route("/api/timeline", get(timeline_json))
-        .with_state(state)
+    let state = Arc::new(StatusHttp { link, latency: reg, bad_requests: AtomicU64::new(0) });
+    Router::new().route("/", get(page)).route("/api/status", get(status)).route("/api/timeline", get(timeline_json)).with_state(state)
 }
 
 async fn page() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        PAGE,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE).into_response()
 }
 
 /// `offset`, `limit` and `sort` from `?engines_offset=N&engines_limit=N&engines_sort=S`.
@@ -72,23 +57,15 @@ pub fn parse_query(q: Option<&str>) -> Result<StatusQuery, String> {
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "engines_offset" => {
-                out.offset = v.parse().map_err(|_| {
-                    format!("engines_offset must be a non-negative integer, not {v:?}")
-                })?
-            }
+            "engines_offset" => out.offset = v.parse().map_err(|_| format!("engines_offset must be a non-negative integer, not {v:?}"))?,
             "engines_limit" => {
-                out.limit = v.parse().map_err(|_| {
-                    format!("engines_limit must be a non-negative integer, not {v:?}")
-                })?;
+                out.limit = v.parse().map_err(|_| format!("engines_limit must be a non-negative integer, not {v:?}"))?;
                 if out.limit > MAX_PAGE {
                     return Err(format!("engines_limit is at most {MAX_PAGE}"));
                 }
             }
             "engines_sort" => {
-                out.sort = Sort::parse(v).ok_or_else(|| {
-                    format!("engines_sort is one of id, busy, done, heartbeat, host, not {v:?}")
-                })?
+                out.sort = Sort::parse(v).ok_or_else(|| format!("engines_sort is one of id, busy, done, heartbeat, host, not {v:?}"))?
             }
             // Cache busters and the like.
             _ => {}
@@ -98,14 +75,7 @@ pub fn parse_query(q: Option<&str>) -> Result<StatusQuery, String> {
 }
 
 fn json(body: String) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }
 
 fn unavailable(e: &StatusError) -> Response {
@@ -133,11 +103,7 @@ impl StatusHttp {
     }
 }
 
-async fn status(
-    State(s): State<Arc<StatusHttp>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    uri: Uri,
-) -> Response {
+async fn status(State(s): State<Arc<StatusHttp>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, uri: Uri) -> Response {
     let q = match parse_query(uri.query()) {
         Ok(q) => q,
         Err(why) => return s.bad(peer, "/api/status", why),
@@ -148,11 +114,7 @@ async fn status(
             st.http.bad_requests = s.bad_requests.load(Ordering::Relaxed);
             match serde_json::to_string(&st) {
                 Ok(body) => json(body),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot encode the status: {e}\n"),
-                )
-                    .into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the status: {e}\n")).into_response(),
             }
         }
         Err(e) => unavailable(&e),
@@ -163,11 +125,7 @@ async fn timeline_json(State(s): State<Arc<StatusHttp>>, uri: Uri) -> Response {
     match s.link.timeline().await {
         Ok(export) => {
             let body = timeline::to_trace_json(&export);
-            let download = uri
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .any(|p| p == "download=1");
+            let download = uri.query().unwrap_or("").split('&').any(|p| p == "download=1");
             let mut r = json(body);
             if download {
                 if let Ok(v) = "attachment; filename=\"ippx-timeline.json\"".parse() {
@@ -188,14 +146,8 @@ mod tests {
     fn queries_parse_or_say_why_not() {
         assert_eq!(parse_query(None), Ok(StatusQuery::default()));
         assert_eq!(
-            parse_query(Some(
-                "engines_offset=50&engines_limit=25&engines_sort=heartbeat&_=123"
-            )),
-            Ok(StatusQuery {
-                offset: 50,
-                limit: 25,
-                sort: Sort::Heartbeat
-            })
+            parse_query(Some("engines_offset=50&engines_limit=25&engines_sort=heartbeat&_=123")),
+            Ok(StatusQuery { offset: 50, limit: 25, sort: Sort::Heartbeat })
         );
         assert!(parse_query(Some("engines_offset=-1")).is_err());
         assert!(parse_query(Some("engines_limit=99999999")).is_err());

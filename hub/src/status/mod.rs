@@ -146,10 +146,7 @@ pub struct Rates {
 
 impl Rates {
     fn new() -> Self {
-        Rates {
-            sec: 0,
-            slots: [(0, 0); RATE_HISTORY],
-        }
+        Rates { sec: 0, slots: [(0, 0); RATE_HISTORY] }
     }
 
     fn advance(&mut self, sec: u64) {
@@ -183,11 +180,7 @@ impl Rates {
     pub fn history(&mut self, sec: u64, n: usize) -> Vec<(u32, u32)> {
         self.advance(sec);
         let n = n.min(RATE_HISTORY - 1) as u64;
-        (1..=n)
-            .rev()
-            .filter(|back| *back <= sec)
-            .map(|back| self.slots[((sec - back) % RATE_HISTORY as u64) as usize])
-            .collect()
+        (1..=n).rev().filter(|back| *back <= sec).map(|back| self.slots[((sec - back) % RATE_HISTORY as u64) as usize]).collect()
     }
 }
 
@@ -203,11 +196,7 @@ impl Labels {
     fn submitted(&mut self, msg_id: &str, label: &str) {
         let key = if self.counts.contains_key(label) || self.counts.len() < MAX_LABELS {
             label.to_owned()
-        } else if let Some(i) = self
-            .counts
-            .iter()
-            .position(|(k, c)| c.done() == c.total && k != OTHER_LABEL)
-        {
+        } else if let Some(i) = self.counts.iter().position(|(k, c)| c.done() == c.total && k != OTHER_LABEL) {
             // Full: forget the oldest label that has nothing left to run.
             self.counts.shift_remove_index(i);
             label.to_owned()
@@ -303,17 +292,7 @@ impl Tracker {
     ) {
         let label = self.labels.finished(msg_id, outcome);
         self.rates.add(self.sec(now), outcome);
-        self.timeline.push(
-            self.start,
-            msg_id,
-            engine,
-            queue,
-            outcome,
-            seen,
-            run,
-            now,
-            label.as_deref(),
-        );
+        self.timeline.push(self.start, msg_id, engine, queue, outcome, seen, run, now, label.as_deref());
         if outcome == Outcome::Error {
             let c: Value = self.packer.unpack(content).unwrap_or_default();
             let ename = c.get("ename").as_str().unwrap_or("error").to_owned();
@@ -345,48 +324,15 @@ impl Tracker {
         if self.failures.len() == MAX_FAILURES {
             self.failures.pop_front();
         }
-        self.failures.push_back(Failure {
-            msg_id: msg_id.to_owned(),
-            engine,
-            queue,
-            ename,
-            evalue,
-            label,
-            at: now,
-        });
+        self.failures.push_back(Failure { msg_id: msg_id.to_owned(), engine, queue, ename, evalue, label, at: now });
     }
 
     /// A task the hub failed without a reply (stranded on a dead engine).
-    pub fn stranded(
-        &mut self,
-        msg_id: &str,
-        engine: EngineId,
-        seen: Option<Instant>,
-        evalue: String,
-        now: Instant,
-    ) {
+    pub fn stranded(&mut self, msg_id: &str, engine: EngineId, seen: Option<Instant>, evalue: String, now: Instant) {
         let label = self.labels.finished(msg_id, Outcome::Error);
         self.rates.add(self.sec(now), Outcome::Error);
-        self.timeline.push(
-            self.start,
-            msg_id,
-            Some(engine),
-            Queue::Mux,
-            Outcome::Error,
-            seen,
-            None,
-            now,
-            label.as_deref(),
-        );
-        self.failed(
-            msg_id,
-            Some(engine),
-            Queue::Mux,
-            "EngineError".into(),
-            evalue,
-            label,
-            now,
-        );
+        self.timeline.push(self.start, msg_id, Some(engine), Queue::Mux, Outcome::Error, seen, None, now, label.as_deref());
+        self.failed(msg_id, Some(engine), Queue::Mux, "EngineError".into(), evalue, label, now);
     }
 
     pub fn engine_registered(&mut self, id: EngineId, uuid: &str, now: Instant) {
@@ -420,13 +366,7 @@ impl Tracker {
         if self.lost.len() == MAX_LOST {
             self.lost.pop_front();
         }
-        self.lost.push_back(LostEngine {
-            id: e.id,
-            uuid: e.uuid,
-            host: e.host,
-            lost_at: now,
-            registered_at: e.registered_at,
-        });
+        self.lost.push_back(LostEngine { id: e.id, uuid: e.uuid, host: e.host, lost_at: now, registered_at: e.registered_at });
     }
 
     /// A valid pong from `heart`.
@@ -479,15 +419,7 @@ mod tests {
         assert_eq!(l.finished("a", Outcome::Ok).as_deref(), Some("fit"));
         assert_eq!(l.finished("b", Outcome::Error).as_deref(), Some("fit"));
         assert_eq!(l.finished("zzz", Outcome::Ok), None);
-        assert_eq!(
-            l.counts["fit"],
-            LabelCount {
-                total: 2,
-                ok: 1,
-                failed: 1,
-                aborted: 0
-            }
-        );
+        assert_eq!(l.counts["fit"], LabelCount { total: 2, ok: 1, failed: 1, aborted: 0 });
         assert_eq!(l.counts["plot"].done(), 0);
         for i in 0..(MAX_LABELS + 10) {
             l.submitted(&format!("m{i}"), &format!("label{i}"));
@@ -518,41 +450,17 @@ mod tests {
                 &content,
             );
         }
-        t.finished(
-            "fine",
-            Some(EngineId(1)),
-            Queue::Task,
-            Outcome::Ok,
-            Some(now),
-            None,
-            now,
-            b"not even msgpack",
-        );
+        t.finished("fine", Some(EngineId(1)), Queue::Task, Outcome::Ok, Some(now), None, now, b"not even msgpack");
         assert_eq!(t.failures.len(), MAX_FAILURES);
         let last = t.failures.back().expect("one");
-        assert_eq!(
-            (last.ename.as_str(), last.evalue.as_str()),
-            ("ZeroDivisionError", "division by zero")
-        );
+        assert_eq!((last.ename.as_str(), last.evalue.as_str()), ("ZeroDivisionError", "division by zero"));
         assert_eq!(last.msg_id, format!("m{}", MAX_FAILURES + 4));
         // Garbage content on a failure still records the failure.
-        t.finished(
-            "bad",
-            None,
-            Queue::Mux,
-            Outcome::Error,
-            None,
-            None,
-            now,
-            b"\xc1",
-        );
+        t.finished("bad", None, Queue::Mux, Outcome::Error, None, None, now, b"\xc1");
         assert_eq!(t.failures.back().map(|f| f.ename.as_str()), Some("error"));
         let long = "x".repeat(5000);
         t.failed("long", None, Queue::Mux, "E".into(), long, None, now);
-        assert!(t
-            .failures
-            .back()
-            .is_some_and(|f| f.evalue.chars().count() <= MAX_EVALUE + 1));
+        assert!(t.failures.back().is_some_and(|f| f.evalue.chars().count() <= MAX_EVALUE + 1));
     }
 
     #[test]
@@ -565,20 +473,14 @@ mod tests {
         t.set_host(b"u0", "10.0.0.5");
         assert!(!t.wants_host(b"u0"));
         t.beat(b"u0", now + Duration::from_secs(1));
-        assert_eq!(
-            t.engines[&b"u0".to_vec()].last_beat,
-            Some(now + Duration::from_secs(1))
-        );
+        assert_eq!(t.engines[&b"u0".to_vec()].last_beat, Some(now + Duration::from_secs(1)));
         t.engine_lost("u0", now + Duration::from_secs(2));
         t.engine_lost("nobody", now);
         assert_eq!((t.lost_total, t.lost.len()), (1, 1));
         assert_eq!(t.lost[0].host.as_deref(), Some("10.0.0.5"));
         // The same id comes back (a restarted engine asking for its id).
         t.engine_registered(EngineId(0), "u0-new", now + Duration::from_secs(3));
-        assert_eq!(
-            (t.readded_total, t.lost.len(), t.registered_total),
-            (1, 0, 3)
-        );
+        assert_eq!((t.readded_total, t.lost.len(), t.registered_total), (1, 0, 3));
         assert_eq!(t.engines[&b"u0-new".to_vec()].registrations, 2);
     }
 }
@@ -593,12 +495,7 @@ mod cost {
     /// This thread's CPU time (ns) from the kernel's schedstat, so other load on the
     /// machine does not count.
     fn thread_cpu_ns() -> Option<u64> {
-        std::fs::read_to_string("/proc/thread-self/schedstat")
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        std::fs::read_to_string("/proc/thread-self/schedstat").ok()?.split_whitespace().next()?.parse().ok()
     }
 
     #[test]
@@ -607,9 +504,7 @@ mod cost {
         let t0 = Instant::now();
         let mut t = Tracker::new(Packer::Msgpack, t0);
         // A msg_id was just parsed when the hub sees a reply: a small hot set stands in.
-        let ids: Vec<String> = (0..4096)
-            .map(|i| format!("0f3a9c1e-8d2b4f6a9e7c5b3d1a0f2e4c_12345_{i}"))
-            .collect();
+        let ids: Vec<String> = (0..4096).map(|i| format!("0f3a9c1e-8d2b4f6a9e7c5b3d1a0f2e4c_12345_{i}")).collect();
         let label = Value::Nil;
         let n = 2_000_000usize;
         let (wall, cpu) = (Instant::now(), thread_cpu_ns());
@@ -617,23 +512,17 @@ mod cost {
             let id = &ids[i % ids.len()];
             let now = t0 + std::time::Duration::from_micros(i as u64 * 50);
             t.submitted(id, &label);
-            t.finished(
-                id,
-                Some(EngineId((i % 16) as u64)),
-                Queue::Task,
-                Outcome::Ok,
-                Some(now),
-                Some(0.00001),
-                now,
-                b"",
-            );
+            t.finished(id, Some(EngineId((i % 16) as u64)), Queue::Task, Outcome::Ok, Some(now), Some(0.00001), now, b"");
         }
         let wall_ns = wall.elapsed().as_nanos() as f64 / n as f64;
         let cpu_ns = match (cpu, thread_cpu_ns()) {
             (Some(a), Some(b)) => format!("{:.1}", (b - a) as f64 / n as f64),
             _ => "?".into(),
         };
-        println!("status tracker: {cpu_ns} ns CPU ({wall_ns:.1} ns wall) per task (submitted + finished, no label, ring of {})", t.timeline.capacity());
+        println!(
+            "status tracker: {cpu_ns} ns CPU ({wall_ns:.1} ns wall) per task (submitted + finished, no label, ring of {})",
+            t.timeline.capacity()
+        );
         assert_eq!(t.timeline.total, n as u64);
     }
 }

@@ -55,12 +55,7 @@ fn ns_since(start: Instant, t: Instant) -> u64 {
 impl Ring {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Ring {
-            slots: Vec::with_capacity(capacity),
-            capacity,
-            next: 0,
-            total: 0,
-        }
+        Ring { slots: Vec::with_capacity(capacity), capacity, next: 0, total: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -93,16 +88,9 @@ impl Ring {
         label: Option<&str>,
     ) {
         let completed_ns = ns_since(start, now);
-        let submitted_ns = seen
-            .map_or(completed_ns, |s| ns_since(start, s))
-            .min(completed_ns);
+        let submitted_ns = seen.map_or(completed_ns, |s| ns_since(start, s)).min(completed_ns);
         let (started_ns, started_known) = match run {
-            Some(r) if r.is_finite() && r >= 0.0 => (
-                completed_ns
-                    .saturating_sub((r * 1e9) as u64)
-                    .max(submitted_ns),
-                true,
-            ),
+            Some(r) if r.is_finite() && r >= 0.0 => (completed_ns.saturating_sub((r * 1e9) as u64).max(submitted_ns), true),
             _ => (submitted_ns, false),
         };
         let slot = if self.slots.len() < self.capacity {
@@ -230,17 +218,8 @@ fn us(ns: u64) -> f64 {
 /// engine (clock skew between the engine's run time and the hub's view), it is moved to
 /// that end, so viewers that require well-nested slices show every task.
 pub fn to_trace_json(export: &Export) -> String {
-    let mut events: Vec<Event<'_>> =
-        Vec::with_capacity(export.entries.len() + 2 * export.engine_names.len() + 4);
-    events.push(Event::Meta {
-        name: "process_name",
-        ph: "M",
-        pid: PID,
-        tid: None,
-        args: MetaArgs::Name {
-            name: "ippx engines".into(),
-        },
-    });
+    let mut events: Vec<Event<'_>> = Vec::with_capacity(export.entries.len() + 2 * export.engine_names.len() + 4);
+    events.push(Event::Meta { name: "process_name", ph: "M", pid: PID, tid: None, args: MetaArgs::Name { name: "ippx engines".into() } });
     let mut tracks: BTreeMap<u64, Vec<&Entry>> = BTreeMap::new();
     for e in &export.entries {
         let tid = e.engine.map_or(NO_ENGINE_TID, |id| id.0.saturating_add(1));
@@ -249,26 +228,10 @@ pub fn to_trace_json(export: &Export) -> String {
     for (tid, list) in tracks.iter_mut() {
         let name = match tid.checked_sub(1) {
             None => "no engine (failed in the scheduler)".to_owned(),
-            Some(id) => export
-                .engine_names
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("engine {id}")),
+            Some(id) => export.engine_names.get(&id).cloned().unwrap_or_else(|| format!("engine {id}")),
         };
-        events.push(Event::Meta {
-            name: "thread_name",
-            ph: "M",
-            pid: PID,
-            tid: Some(*tid),
-            args: MetaArgs::Name { name },
-        });
-        events.push(Event::Meta {
-            name: "thread_sort_index",
-            ph: "M",
-            pid: PID,
-            tid: Some(*tid),
-            args: MetaArgs::Sort { sort_index: *tid },
-        });
+        events.push(Event::Meta { name: "thread_name", ph: "M", pid: PID, tid: Some(*tid), args: MetaArgs::Name { name } });
+        events.push(Event::Meta { name: "thread_sort_index", ph: "M", pid: PID, tid: Some(*tid), args: MetaArgs::Sort { sort_index: *tid } });
         list.sort_by_key(|e| (e.started_ns, e.completed_ns));
         let mut prev_end = 0u64;
         for e in list.iter() {
@@ -277,16 +240,8 @@ pub fn to_trace_json(export: &Export) -> String {
             prev_end = end;
             let status = e.outcome.map_or("ok", Outcome::name);
             let queue = e.queue.map_or("task", Queue::name);
-            let base = if e.label.is_empty() {
-                queue
-            } else {
-                e.label.as_str()
-            };
-            let name = if status == "ok" {
-                base.to_owned()
-            } else {
-                format!("{base} ({status})")
-            };
+            let base = if e.label.is_empty() { queue } else { e.label.as_str() };
+            let name = if status == "ok" { base.to_owned() } else { format!("{base} ({status})") };
             events.push(Event::Complete {
                 name,
                 cat: status,
@@ -319,8 +274,7 @@ pub fn to_trace_json(export: &Export) -> String {
             time_base: "microseconds since the hub started",
         },
     };
-    serde_json::to_string(&trace)
-        .unwrap_or_else(|e| format!("{{\"traceEvents\":[],\"error\":\"{e}\"}}"))
+    serde_json::to_string(&trace).unwrap_or_else(|e| format!("{{\"traceEvents\":[],\"error\":\"{e}\"}}"))
 }
 
 #[cfg(test)]
@@ -337,46 +291,17 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Ring::new(3);
         for i in 0..5u64 {
-            r.push(
-                t0,
-                &format!("id{i}"),
-                Some(EngineId(0)),
-                Queue::Task,
-                Outcome::Ok,
-                Some(t0 + ms(i)),
-                None,
-                t0 + ms(i + 1),
-                None,
-            );
+            r.push(t0, &format!("id{i}"), Some(EngineId(0)), Queue::Task, Outcome::Ok, Some(t0 + ms(i)), None, t0 + ms(i + 1), None);
         }
         let ids: Vec<String> = r.entries().into_iter().map(|e| e.msg_id).collect();
         assert_eq!(ids, ["id2", "id3", "id4"]);
         assert_eq!((r.len(), r.total), (3, 5));
         // Slots are reused in place: a shorter id fits the old capacity.
         let cap_before: Vec<usize> = r.slots.iter().map(|e| e.msg_id.capacity()).collect();
-        r.push(
-            t0,
-            "x",
-            None,
-            Queue::Mux,
-            Outcome::Error,
-            None,
-            None,
-            t0 + ms(9),
-            Some("lbl"),
-        );
-        assert_eq!(
-            r.slots
-                .iter()
-                .map(|e| e.msg_id.capacity())
-                .collect::<Vec<_>>(),
-            cap_before
-        );
+        r.push(t0, "x", None, Queue::Mux, Outcome::Error, None, None, t0 + ms(9), Some("lbl"));
+        assert_eq!(r.slots.iter().map(|e| e.msg_id.capacity()).collect::<Vec<_>>(), cap_before);
         let last = r.entries().pop().expect("last");
-        assert_eq!(
-            (last.msg_id.as_str(), last.label.as_str(), last.submitted_ns),
-            ("x", "lbl", 9_000_000)
-        );
+        assert_eq!((last.msg_id.as_str(), last.label.as_str(), last.submitted_ns), ("x", "lbl", 9_000_000));
     }
 
     #[test]
@@ -384,29 +309,9 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Ring::new(4);
         // Ran 3 ms of a 10 ms round trip.
-        r.push(
-            t0,
-            "a",
-            Some(EngineId(1)),
-            Queue::Task,
-            Outcome::Ok,
-            Some(t0),
-            Some(0.003),
-            t0 + ms(10),
-            None,
-        );
+        r.push(t0, "a", Some(EngineId(1)), Queue::Task, Outcome::Ok, Some(t0), Some(0.003), t0 + ms(10), None);
         // Engine says it ran longer than the hub waited (skew): start at submission.
-        r.push(
-            t0,
-            "b",
-            Some(EngineId(1)),
-            Queue::Task,
-            Outcome::Ok,
-            Some(t0 + ms(10)),
-            Some(5.0),
-            t0 + ms(12),
-            None,
-        );
+        r.push(t0, "b", Some(EngineId(1)), Queue::Task, Outcome::Ok, Some(t0 + ms(10)), Some(5.0), t0 + ms(12), None);
         let e = r.entries();
         assert_eq!((e[0].started_ns, e[0].started_known), (7_000_000, true));
         assert_eq!(e[1].started_ns, 10_000_000);
@@ -418,117 +323,45 @@ mod tests {
         let mut r = Ring::new(100);
         for i in 0..10u64 {
             let outcome = if i == 7 { Outcome::Error } else { Outcome::Ok };
-            r.push(
-                t0,
-                &format!("t{i}"),
-                Some(EngineId(i % 2)),
-                Queue::Task,
-                outcome,
-                Some(t0 + ms(i)),
-                Some(0.0005),
-                t0 + ms(i + 1),
-                Some("fit"),
-            );
+            r.push(t0, &format!("t{i}"), Some(EngineId(i % 2)), Queue::Task, outcome, Some(t0 + ms(i)), Some(0.0005), t0 + ms(i + 1), Some("fit"));
         }
         // Overlapping estimates on engine 5 get serialised.
-        r.push(
-            t0,
-            "o1",
-            Some(EngineId(5)),
-            Queue::Mux,
-            Outcome::Ok,
-            Some(t0),
-            Some(0.010),
-            t0 + ms(10),
-            None,
-        );
-        r.push(
-            t0,
-            "o2",
-            Some(EngineId(5)),
-            Queue::Mux,
-            Outcome::Ok,
-            Some(t0),
-            Some(0.010),
-            t0 + ms(12),
-            None,
-        );
-        r.push(
-            t0,
-            "lost",
-            None,
-            Queue::Task,
-            Outcome::Error,
-            Some(t0),
-            None,
-            t0 + ms(1),
-            None,
-        );
+        r.push(t0, "o1", Some(EngineId(5)), Queue::Mux, Outcome::Ok, Some(t0), Some(0.010), t0 + ms(10), None);
+        r.push(t0, "o2", Some(EngineId(5)), Queue::Mux, Outcome::Ok, Some(t0), Some(0.010), t0 + ms(12), None);
+        r.push(t0, "lost", None, Queue::Task, Outcome::Error, Some(t0), None, t0 + ms(1), None);
         let mut names = BTreeMap::new();
         names.insert(0, "engine 0 (127.0.0.1)".to_owned());
-        let export = Export {
-            entries: r.entries(),
-            engine_names: names,
-            total: r.total,
-            capacity: r.capacity(),
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&to_trace_json(&export)).expect("valid JSON");
+        let export = Export { entries: r.entries(), engine_names: names, total: r.total, capacity: r.capacity() };
+        let v: serde_json::Value = serde_json::from_str(&to_trace_json(&export)).expect("valid JSON");
         let events = v["traceEvents"].as_array().expect("traceEvents");
         let x: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
         assert_eq!(x.len(), 13);
-        let mut ids: Vec<&str> = x
-            .iter()
-            .map(|e| e["args"]["msg_id"].as_str().expect("msg_id"))
-            .collect();
+        let mut ids: Vec<&str> = x.iter().map(|e| e["args"]["msg_id"].as_str().expect("msg_id")).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 13, "one event per task");
         for e in &x {
-            assert!(
-                e["ts"].is_f64() && e["dur"].as_f64().is_some_and(|d| d >= 0.0),
-                "{e}"
-            );
+            assert!(e["ts"].is_f64() && e["dur"].as_f64().is_some_and(|d| d >= 0.0), "{e}");
             assert_eq!(e["pid"], 1);
             assert!(e["tid"].is_u64());
             assert!(e["name"].is_string() && e["cat"].is_string());
         }
         let failed = x.iter().find(|e| e["args"]["msg_id"] == "t7").expect("t7");
-        assert_eq!(
-            (failed["cat"].as_str(), failed["name"].as_str()),
-            (Some("error"), Some("fit (error)"))
-        );
+        assert_eq!((failed["cat"].as_str(), failed["name"].as_str()), (Some("error"), Some("fit (error)")));
         // Track names: every tid used has a thread_name.
-        let meta: Vec<&serde_json::Value> = events
-            .iter()
-            .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
-            .collect();
+        let meta: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "M" && e["name"] == "thread_name").collect();
         let mut tids: Vec<u64> = x.iter().filter_map(|e| e["tid"].as_u64()).collect();
         tids.sort();
         tids.dedup();
         assert_eq!(tids, [0, 1, 2, 6]);
         assert_eq!(meta.len(), tids.len());
-        assert!(meta
-            .iter()
-            .any(|m| m["tid"] == 1 && m["args"]["name"] == "engine 0 (127.0.0.1)"));
-        assert!(meta
-            .iter()
-            .any(|m| m["tid"] == 2 && m["args"]["name"] == "engine 1"));
-        assert!(events
-            .iter()
-            .any(|e| e["ph"] == "M" && e["name"] == "process_name"));
+        assert!(meta.iter().any(|m| m["tid"] == 1 && m["args"]["name"] == "engine 0 (127.0.0.1)"));
+        assert!(meta.iter().any(|m| m["tid"] == 2 && m["args"]["name"] == "engine 1"));
+        assert!(events.iter().any(|e| e["ph"] == "M" && e["name"] == "process_name"));
         // No two slices on one track overlap.
         for tid in tids {
-            let mut spans: Vec<(f64, f64)> = x
-                .iter()
-                .filter(|e| e["tid"] == tid)
-                .map(|e| {
-                    (
-                        e["ts"].as_f64().unwrap_or(0.0),
-                        e["dur"].as_f64().unwrap_or(0.0),
-                    )
-                })
-                .collect();
+            let mut spans: Vec<(f64, f64)> =
+                x.iter().filter(|e| e["tid"] == tid).map(|e| (e["ts"].as_f64().unwrap_or(0.0), e["dur"].as_f64().unwrap_or(0.0))).collect();
             spans.sort_by(|a, b| a.0.total_cmp(&b.0));
             for w in spans.windows(2) {
                 assert!(w[0].0 + w[0].1 <= w[1].0 + 1e-9, "overlap on {tid}: {w:?}");

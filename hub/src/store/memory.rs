@@ -1,4 +1,4 @@
-//! The in-memory store (`--dictdb`, the default), with DictDB's culling (spec 6.4).
+//! The in-memory store (`--dictdb`, the default), with DictDB's culling (docs/protocol.md §6.4).
 //!
 //! Records keep insertion order, which is the order Python returns them in. After every
 //! write the limits are applied: more than `record_limit` records → drop the oldest
@@ -9,8 +9,8 @@
 //! grow memory without bound.
 
 use super::{Missing, Store, StoreResult, StoreStats};
-use crate::store::query::Query;
 use crate::records::{Fields, Limits, TaskRecord};
+use crate::store::query::Query;
 use indexmap::{IndexMap, IndexSet};
 use ippx_protocol::datetime::{now as utc_now, Timestamp};
 use tracing::info;
@@ -143,7 +143,13 @@ impl MemStore {
                 ids.push(id);
             }
             self.cull_ids(ids);
-            info!(records = before.0, bytes = before.1, limit = l.size_limit, culled = before.0 - self.records.len(), "size limit exceeded: culled the oldest records");
+            info!(
+                records = before.0,
+                bytes = before.1,
+                limit = l.size_limit,
+                culled = before.0 - self.records.len(),
+                "size limit exceeded: culled the oldest records"
+            );
         }
     }
 }

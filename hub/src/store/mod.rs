@@ -1,4 +1,4 @@
-//! The result store behind the hub (spec 6): a trait and its backends.
+//! The result store behind the hub (docs/protocol.md §6): a trait and its backends.
 //!
 //! * [`memory::MemStore`] — `--dictdb`, the default: everything in memory, with DictDB's
 //!   culling so memory stays bounded.
@@ -13,8 +13,8 @@ pub mod memory;
 pub mod query;
 pub mod sqlite;
 
-use crate::store::query::Query;
 use crate::records::{Fields, TaskRecord};
+use crate::store::query::Query;
 use std::time::Instant;
 
 /// Why a store operation failed. Becomes the error content of the reply.

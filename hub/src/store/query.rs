@@ -1,4 +1,4 @@
-//! The `db_request` query language (spec 6.3), evaluated against [`TaskRecord`]s.
+//! The `db_request` query language (docs/protocol.md §6.3), evaluated against [`TaskRecord`]s.
 //!
 //! A query is a map field → condition; every condition must hold. A condition is a
 //! literal (equality) or a map of operators (`$lt $gt $lte $gte $eq $ne $in $nin $all
@@ -8,7 +8,7 @@
 //! ISO-8601 timestamps are timestamps (Python's `extract_dates`), and so are such strings
 //! inside the record's dict fields (`header.date`); top-level string fields stay strings.
 //!
-//! Deliberate differences from `DictDB` (spec 6.3 allows or asks for them):
+//! Deliberate differences from `DictDB` (docs/protocol.md §6.3 allows or asks for them):
 //! * `$gt` means `a > b` (DictDB has `b > a`).
 //! * Comparing values Python cannot order (null against a timestamp, a string against a
 //!   number) is false instead of an exception that fails the whole query.
@@ -163,9 +163,7 @@ pub fn py_eq(a: &Q, b: &Q) -> bool {
         (Q::Ts(x), Q::Ts(y)) => x == y,
         (Q::Bytes(x), Q::Bytes(y)) => x == y,
         (Q::List(x), Q::List(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q)),
-        (Q::Map(x), Q::Map(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.iter().find(|(k2, _)| k2 == k).is_some_and(|(_, v2)| py_eq(v, v2)))
-        }
+        (Q::Map(x), Q::Map(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.iter().find(|(k2, _)| k2 == k).is_some_and(|(_, v2)| py_eq(v, v2))),
         _ => match (num(a), num(b)) {
             (Some(x), Some(y)) => num_cmp(x, y) == Some(Ordering::Equal),
             _ => false,

@@ -61,19 +61,11 @@ pub fn tagged(v: &Value) -> Value {
 
 /// The frames of a fixture message: `frames_hex` (captured) or a list of text frames (spec).
 pub fn frames_from_hex(j: &Json) -> Vec<Vec<u8>> {
-    j.as_array()
-        .expect("frames array")
-        .iter()
-        .map(|f| unhex(f.as_str().expect("hex frame")))
-        .collect()
+    j.as_array().expect("frames array").iter().map(|f| unhex(f.as_str().expect("hex frame"))).collect()
 }
 
 pub fn frames_from_text(j: &Json) -> Vec<Vec<u8>> {
-    j.as_array()
-        .expect("frames array")
-        .iter()
-        .map(|f| f.as_str().expect("text frame").as_bytes().to_vec())
-        .collect()
+    j.as_array().expect("frames array").iter().map(|f| f.as_str().expect("text frame").as_bytes().to_vec()).collect()
 }
 
 /// Packer for a fixture's `"packer"` field.

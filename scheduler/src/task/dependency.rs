@@ -1,4 +1,4 @@
-//! `ipyparallel.Dependency` (spec 5.3.5), resolved against the scheduler's tasks.
+//! `ipyparallel.Dependency` (docs/protocol.md §5.3.5), resolved against the scheduler's tasks.
 //!
 //! Each msg_id is resolved once, at submission: a finished task becomes its outcome
 //! `(ok, engine)` at once; a live one is remembered by its serial number and gets its
@@ -50,15 +50,7 @@ pub(crate) struct Dep {
 impl Default for Dep {
     /// The empty dependency (`MET`): always met, never unreachable.
     fn default() -> Self {
-        Dep {
-            items: Vec::new(),
-            all: true,
-            success: true,
-            failure: false,
-            unknown: false,
-            bad_flags: false,
-            location: false,
-        }
+        Dep { items: Vec::new(), all: true, success: true, failure: false, unknown: false, bad_flags: false, location: false }
     }
 }
 
@@ -74,10 +66,7 @@ impl Dep {
     /// a single msg_id string, or `{"dependencies": [...], "all", "success", "failure"}`.
     /// `None`/absent is empty. `resolve` says what each (distinct) msg_id is.
     pub fn from_value(v: &Value, location: bool, mut resolve: impl FnMut(&str) -> Found) -> Dep {
-        let mut dep = Dep {
-            location,
-            ..Dep::default()
-        };
+        let mut dep = Dep { location, ..Dep::default() };
         let list = match v {
             Value::Map(_) => {
                 dep.all = flag(v, "all", true);
@@ -108,10 +97,7 @@ impl Dep {
         for s in names {
             match resolve(s) {
                 Found::Live(serial) => dep.items.push(Item { serial, done: None }),
-                Found::Done(ok, engine) => dep.items.push(Item {
-                    serial: u64::MAX,
-                    done: Some((ok, engine)),
-                }),
+                Found::Done(ok, engine) => dep.items.push(Item { serial: u64::MAX, done: Some((ok, engine)) }),
                 Found::Unknown => dep.unknown = true,
             }
         }
@@ -126,18 +112,12 @@ impl Dep {
     /// Malformed in a way Python reports as `InvalidDependency` (or refuses outright);
     /// `own` is the serial of the task that carries this dependency.
     pub fn is_invalid(&self, own: u64) -> bool {
-        !self.is_empty()
-            && (self.unknown
-                || self.bad_flags
-                || self.items.iter().any(|i| i.done.is_none() && i.serial == own))
+        !self.is_empty() && (self.unknown || self.bad_flags || self.items.iter().any(|i| i.done.is_none() && i.serial == own))
     }
 
     /// Serials of the unfinished tasks this dependency waits for.
     pub fn waiting_on(&self) -> impl Iterator<Item = u64> + '_ {
-        self.items
-            .iter()
-            .filter(|i| i.done.is_none())
-            .map(|i| i.serial)
+        self.items.iter().filter(|i| i.done.is_none()).map(|i| i.serial)
     }
 
     /// Task `serial` finished: fills in its outcome. Returns whether it was one of ours.
@@ -181,11 +161,7 @@ impl Dep {
         if self.is_empty() {
             return false;
         }
-        let bad = |i: &Item| {
-            i.done.is_some_and(|(ok, e)| {
-                !self.satisfied_by(ok) || (self.location && e == FORGOTTEN)
-            })
-        };
+        let bad = |i: &Item| i.done.is_some_and(|(ok, e)| !self.satisfied_by(ok) || (self.location && e == FORGOTTEN));
         if self.all {
             self.items.iter().any(bad)
         } else {
@@ -198,10 +174,7 @@ impl Dep {
         if self.is_empty() {
             return true;
         }
-        let met = |i: &Item| {
-            i.done
-                .is_some_and(|(ok, e)| e == engine && self.satisfied_by(ok))
-        };
+        let met = |i: &Item| i.done.is_some_and(|(ok, e)| e == engine && self.satisfied_by(ok));
         if self.all {
             !self.unknown && self.items.iter().all(met)
         } else {
@@ -213,10 +186,7 @@ impl Dep {
     pub fn reduce_satisfied(&mut self) {
         if self.all {
             let (success, failure) = (self.success, self.failure);
-            self.items.retain(|i| {
-                !i.done
-                    .is_some_and(|(ok, _)| if ok { success } else { failure })
-            });
+            self.items.retain(|i| !i.done.is_some_and(|(ok, _)| if ok { success } else { failure }));
         }
     }
 
@@ -273,11 +243,7 @@ mod tests {
         let d2 = Dep::from_value(&v2, false, resolve);
         assert_eq!(d1, d2);
         assert!(d1.check());
-        let d = Dep::from_value(
-            &vmap! {"dependencies" => strs(&["a"]), "success" => false, "failure" => true},
-            false,
-            resolve,
-        );
+        let d = Dep::from_value(&vmap! {"dependencies" => strs(&["a"]), "success" => false, "failure" => true}, false, resolve);
         assert!(d.unreachable());
     }
 

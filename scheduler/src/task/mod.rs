@@ -1,6 +1,6 @@
 //! Load-balancing task scheduler (issue 3). Pure state machine; see `TaskScheduler`.
 //!
-//! Behaviour follows ipyparallel 9.2.0's `TaskScheduler` (spec 5.3): LRU engine list with
+//! Behaviour follows ipyparallel 9.2.0's `TaskScheduler` (docs/protocol.md §5.3): LRU engine list with
 //! loads, `hwm`, the five chooser schemes, time (`after`) and location (`follow`)
 //! dependencies, `targets`, retries with per-job blacklists, `timeout` while unscheduled,
 //! and stranded tasks of dead engines. No sockets and no clocks: frames come in, decisions
@@ -51,8 +51,8 @@ use util::*;
 
 use dependency::{Dep, Found};
 use ippx_protocol::content::ErrorContent;
-use ippx_protocol::wire::{find_delim, DELIM};
 use ippx_protocol::metadata::{ReplyStatus, RequestMetadata};
+use ippx_protocol::wire::{find_delim, DELIM};
 use ippx_protocol::{MonitorTopic, Parent, Session, Value};
 use scheme::Rng;
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,7 @@ pub trait TaskOutbox {
     /// To the client-facing ROUTER: `[client_id, (engine uuid,)? DELIM, ...]`.
     fn to_client(&mut self, frames: Frames);
     /// A monitor copy for the hub (a task topic); frames are the routing frames + DELIM +
-    /// signed message as in spec 5.7.
+    /// signed message as in docs/protocol.md §5.7.
     fn to_hub(&mut self, topic: MonitorTopic, frames: Frames);
 }
 
@@ -89,12 +89,7 @@ pub struct TaskConfig {
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        TaskConfig {
-            scheme: Scheme::LeastLoad,
-            hwm: 1,
-            stranded_delay: Duration::from_secs(5),
-            seed: 0,
-        }
+        TaskConfig { scheme: Scheme::LeastLoad, hwm: 1, stranded_delay: Duration::from_secs(5), seed: 0 }
     }
 }
 
@@ -238,7 +233,7 @@ enum Run {
     Impossible,
 }
 
-/// `task_destination` content (spec 5.4); `engine_id` is the engine's uuid string.
+/// `task_destination` content (docs/protocol.md §5.4); `engine_id` is the engine's uuid string.
 /// Same shape as `ippx_protocol::content::TaskDestination`, borrowed.
 #[derive(Serialize)]
 struct Destination<'a> {
@@ -349,10 +344,7 @@ impl TaskScheduler {
     }
 
     pub fn stats(&self) -> TaskStats {
-        TaskStats {
-            engines: self.order.len(),
-            ..self.stats
-        }
+        TaskStats { engines: self.order.len(), ..self.stats }
     }
 
     /// The earliest due timer (task timeout or stranded-task cleanup), if any. May be a
@@ -411,12 +403,7 @@ impl TaskScheduler {
             return;
         }
         let inc = self.engines.len() as u32;
-        self.engines.push(EngineRec {
-            uuid: uuid.to_owned(),
-            name,
-            alive: true,
-            pending: Vec::new(),
-        });
+        self.engines.push(EngineRec { uuid: uuid.to_owned(), name, alive: true, pending: Vec::new() });
         self.name_alive[name as usize] = inc;
         self.order.insert(0, Lane { inc, name, load: 0 });
         self.track_load(None, Some(0));
@@ -450,10 +437,6 @@ impl TaskScheduler {
 
     fn push_timer(&mut self, at: Instant, kind: TimerKind) {
         self.timer_seq += 1;
-        self.timers.push(Reverse(Timer {
-            at,
-            seq: self.timer_seq,
-            kind,
-        }));
+        self.timers.push(Reverse(Timer { at, seq: self.timer_seq, kind }));
     }
 }

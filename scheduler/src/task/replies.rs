@@ -9,12 +9,7 @@ impl TaskScheduler {
     // ------------------------------------------------------------------------------
 
     /// A reply as received on the engine-facing ROUTER: `[engine_uuid, client_id, DELIM, ...]`.
-    pub fn engine_reply(
-        &mut self,
-        frames: Frames,
-        now: Instant,
-        out: &mut impl TaskOutbox,
-    ) -> Result<(), TaskError> {
+    pub fn engine_reply(&mut self, frames: Frames, now: Instant, out: &mut impl TaskOutbox) -> Result<(), TaskError> {
         let delim = split(&frames, 2)?;
         let parent: ParentId = self.unpack("parent header", &frames[delim + 3])?;
         let md: ReplyStatus = self.unpack("metadata", &frames[delim + 4])?;
@@ -24,17 +19,8 @@ impl TaskScheduler {
         };
         let inc = match &self.tasks[tk as usize] {
             Slot::Live(job) => match job.loc {
-                Loc::Pending { inc, .. }
-                    if self.engines[inc as usize].uuid.as_bytes() == &frames[0][..] =>
-                {
-                    inc
-                }
-                _ => {
-                    return Err(TaskError::WrongEngine {
-                        msg_id,
-                        engine: String::from_utf8_lossy(&frames[0]).into_owned(),
-                    })
-                }
+                Loc::Pending { inc, .. } if self.engines[inc as usize].uuid.as_bytes() == &frames[0][..] => inc,
+                _ => return Err(TaskError::WrongEngine { msg_id, engine: String::from_utf8_lossy(&frames[0]).into_owned() }),
             },
             _ => return Err(TaskError::UnknownTask(msg_id)),
         };
@@ -85,14 +71,7 @@ impl TaskScheduler {
 
     /// Python's `handle_unmet_dependency`: blacklist the engine for this job and route it
     /// elsewhere, or queue it, or fail it when its targets are all blacklisted.
-    pub(super) fn unmet(
-        &mut self,
-        tk: TaskKey,
-        mut job: Box<Job>,
-        inc: u32,
-        now: Instant,
-        out: &mut impl TaskOutbox,
-    ) {
+    pub(super) fn unmet(&mut self, tk: TaskKey, mut job: Box<Job>, inc: u32, now: Instant, out: &mut impl TaskOutbox) {
         let name = self.engines[inc as usize].name;
         if let Err(i) = job.blacklist.binary_search(&name) {
             job.blacklist.insert(i, name);
@@ -126,27 +105,13 @@ impl TaskScheduler {
     /// scheduler session, parent = the request header, metadata `{status, engine, date}`.
     pub(super) fn engine_error(&mut self, job: &Job, inc: u32) -> Option<Frames> {
         let uuid = &self.engines[inc as usize].uuid;
-        let evalue = format!(
-            "Engine {} died while running task {}",
-            py_bytes_repr(uuid.as_bytes()),
-            py_str_repr(&job.msg_id)
-        );
+        let evalue = format!("Engine {} died while running task {}", py_bytes_repr(uuid.as_bytes()), py_str_repr(&job.msg_id));
         let content = ErrorContent::new("EngineError", evalue);
-        let md = Value::Map(vec![
-            ("status".into(), "error".into()),
-            ("engine".into(), uuid.as_str().into()),
-            ("date".into(), stamp::iso_now().into()),
-        ]);
+        let md =
+            Value::Map(vec![("status".into(), "error".into()), ("engine".into(), uuid.as_str().into()), ("date".into(), stamp::iso_now().into())]);
         let idents = vec![uuid.as_bytes().to_vec(), job.frames[0].clone()];
         let header = self.stamp.header("apply_reply");
-        match self.session.serialize_with_header(
-            idents,
-            &header,
-            Parent::Raw(job.header_bytes()),
-            &md,
-            &content,
-            vec![],
-        ) {
+        match self.session.serialize_with_header(idents, &header, Parent::Raw(job.header_bytes()), &md, &content, vec![]) {
             Ok(frames) => Some(frames),
             Err(e) => {
                 tracing::warn!(msg_id = %job.msg_id, "cannot build EngineError reply: {e}");
@@ -287,10 +252,7 @@ impl TaskScheduler {
         while self.any_available() {
             let next = match cursor {
                 None => self.ready.iter().next(),
-                Some(c) => self
-                    .ready
-                    .range((Bound::Excluded(c), Bound::Unbounded))
-                    .next(),
+                Some(c) => self.ready.range((Bound::Excluded(c), Bound::Unbounded)).next(),
             };
             let Some((&q, &tk)) = next else { break };
             cursor = Some(q);
@@ -318,12 +280,7 @@ impl TaskScheduler {
         for l in &self.order {
             let e = &self.engines[l.inc as usize];
             assert!(e.alive, "dead engine in LRU list");
-            assert_eq!(
-                l.load as usize,
-                e.pending.len(),
-                "load != pending for {}",
-                e.uuid
-            );
+            assert_eq!(l.load as usize, e.pending.len(), "load != pending for {}", e.uuid);
             if self.hwm > 0 {
                 assert!(l.load <= self.hwm, "engine {} over hwm", e.uuid);
                 avail += usize::from(l.load < self.hwm);
@@ -332,24 +289,14 @@ impl TaskScheduler {
             assert_eq!(self.name_alive[l.name as usize], l.inc);
         }
         if self.hwm > 0 {
-            assert_eq!(
-                (avail, edge),
-                (self.n_avail, self.n_edge),
-                "availability counters"
-            );
+            assert_eq!((avail, edge), (self.n_avail, self.n_edge), "availability counters");
         }
         let mut pending = 0;
         for (inc, e) in self.engines.iter().enumerate() {
             for (pos, &tk) in e.pending.iter().enumerate() {
                 pending += 1;
                 match &self.tasks[tk as usize] {
-                    Slot::Live(j) => assert_eq!(
-                        j.loc,
-                        Loc::Pending {
-                            inc: inc as u32,
-                            pos: pos as u32
-                        }
-                    ),
+                    Slot::Live(j) => assert_eq!(j.loc, Loc::Pending { inc: inc as u32, pos: pos as u32 }),
                     _ => panic!("non-live task in a pending list"),
                 }
             }
@@ -362,11 +309,7 @@ impl TaskScheduler {
             match s {
                 Slot::Live(j) => {
                     live += 1;
-                    assert_eq!(
-                        self.live.get(j.msg_id.as_str()),
-                        Some(&(tk as TaskKey)),
-                        "live map"
-                    );
+                    assert_eq!(self.live.get(j.msg_id.as_str()), Some(&(tk as TaskKey)), "live map");
                     assert!(!self.history.contains(&j.msg_id), "live and finished");
                     for i in j.after.items.iter().chain(&j.follow.items) {
                         if i.done.is_none() {
@@ -387,11 +330,7 @@ impl TaskScheduler {
                 match j.loc {
                     Loc::Queued { qseq, ready } => {
                         queued += 1;
-                        assert_eq!(
-                            self.ready.get(&qseq) == Some(&(tk as u32)),
-                            ready,
-                            "ready set"
-                        );
+                        assert_eq!(self.ready.get(&qseq) == Some(&(tk as u32)), ready, "ready set");
                     }
                     Loc::Pending { .. } => {}
                     Loc::Detached => panic!("detached job at rest"),

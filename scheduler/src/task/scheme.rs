@@ -1,4 +1,4 @@
-//! The chooser functions of `ipyparallel.controller.task_scheduler` (spec 5.3.3), over the
+//! The chooser functions of `ipyparallel.controller.task_scheduler` (docs/protocol.md §5.3.3), over the
 //! candidates' loads in LRU order (oldest first).
 
 use std::fmt;
@@ -86,12 +86,7 @@ impl Rng {
 }
 
 /// Picks an index into `loads` (`loads` non-empty, in LRU order).
-pub(crate) fn choose(
-    scheme: Scheme,
-    rng: &mut Rng,
-    n: usize,
-    load: impl Fn(usize) -> u32,
-) -> usize {
+pub(crate) fn choose(scheme: Scheme, rng: &mut Rng, n: usize, load: impl Fn(usize) -> u32) -> usize {
     debug_assert!(n > 0);
     match scheme {
         Scheme::Lru => 0,
@@ -149,13 +144,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in [
-            Scheme::LeastLoad,
-            Scheme::Lru,
-            Scheme::TwoBin,
-            Scheme::Weighted,
-            Scheme::PlainRandom,
-        ] {
+        for s in [Scheme::LeastLoad, Scheme::Lru, Scheme::TwoBin, Scheme::Weighted, Scheme::PlainRandom] {
             assert_eq!(s.name().parse::<Scheme>().ok(), Some(s));
             assert_eq!(s.to_string(), s.name());
         }
@@ -167,15 +156,9 @@ mod tests {
     fn leastload_is_first_minimum() {
         let loads = [2u32, 1, 3, 1, 0, 0];
         let mut r = Rng::new(1);
-        assert_eq!(
-            choose(Scheme::LeastLoad, &mut r, loads.len(), |i| loads[i]),
-            4
-        );
+        assert_eq!(choose(Scheme::LeastLoad, &mut r, loads.len(), |i| loads[i]), 4);
         let loads = [2u32, 1, 3, 1];
-        assert_eq!(
-            choose(Scheme::LeastLoad, &mut r, loads.len(), |i| loads[i]),
-            1
-        );
+        assert_eq!(choose(Scheme::LeastLoad, &mut r, loads.len(), |i| loads[i]), 1);
         assert_eq!(choose(Scheme::Lru, &mut r, loads.len(), |i| loads[i]), 0);
     }
 
@@ -190,15 +173,9 @@ mod tests {
             two[choose(Scheme::TwoBin, &mut r, n, |_| 0)] += 1;
         }
         // plainrandom ~ uniform (10k each)
-        assert!(
-            plain.iter().all(|&c| (9_000..11_000).contains(&c)),
-            "{plain:?}"
-        );
+        assert!(plain.iter().all(|&c| (9_000..11_000).contains(&c)), "{plain:?}");
         // twobin: P(min = i) = ((n-i)^2 - (n-i-1)^2)/n^2 = 7/16, 5/16, 3/16, 1/16
-        assert!(
-            two[0] > two[1] && two[1] > two[2] && two[2] > two[3],
-            "{two:?}"
-        );
+        assert!(two[0] > two[1] && two[1] > two[2] && two[2] > two[3], "{two:?}");
         assert!((16_000..19_000).contains(&two[0]), "{two:?}");
         // weighted: an idle engine (weight 1e6) beats loaded ones essentially always
         let loads = [3u32, 2, 0, 5];

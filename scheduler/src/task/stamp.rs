@@ -26,13 +26,7 @@ impl Stamp {
             Some(i) => probe.msg_id[..=i].to_owned(),
             None => format!("{}_{}_", probe.session, std::process::id()),
         };
-        Stamp {
-            prefix,
-            counter: 1,
-            username: probe.username,
-            session: probe.session,
-            version: probe.version,
-        }
+        Stamp { prefix, counter: 1, username: probe.username, session: probe.session, version: probe.version }
     }
 
     pub fn header(&mut self, msg_type: &str) -> Header {
@@ -53,9 +47,7 @@ impl Stamp {
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub(crate) fn iso_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     iso_from_unix(d.as_secs(), d.subsec_micros())
 }
 
@@ -104,21 +96,12 @@ mod tests {
 
     #[test]
     fn matches_the_protocol_formatter() {
-        for (s, us) in [
-            (0u64, 0u32),
-            (951_782_400, 1),
-            (1_709_164_800, 999_999),
-            (1_795_500_752, 605_000),
-            (4_102_444_799, 123_456),
-            (1_234_567_890, 42),
-        ] {
+        for (s, us) in
+            [(0u64, 0u32), (951_782_400, 1), (1_709_164_800, 999_999), (1_795_500_752, 605_000), (4_102_444_799, 123_456), (1_234_567_890, 42)]
+        {
             let ours = iso_from_unix(s, us);
             let t = datetime::parse_iso(&ours).expect("parses");
-            assert_eq!(
-                (t.timestamp() as u64, t.timestamp_subsec_micros()),
-                (s, us),
-                "{ours}"
-            );
+            assert_eq!((t.timestamp() as u64, t.timestamp_subsec_micros()), (s, us), "{ours}");
             assert_eq!(datetime::format_iso(&t), ours);
         }
         let now = iso_now();
@@ -132,10 +115,7 @@ mod tests {
         let a = st.header("x");
         let b = st.header("x");
         assert_ne!(a.msg_id, b.msg_id);
-        assert_eq!(
-            a.msg_id,
-            format!("{}_{}_1", s.session_id(), std::process::id())
-        );
+        assert_eq!(a.msg_id, format!("{}_{}_1", s.session_id(), std::process::id()));
         assert_eq!(a.session, s.session_id());
         assert_eq!(a.version, "5.4");
         assert!(datetime::looks_like_iso(&a.date));

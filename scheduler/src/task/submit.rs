@@ -10,12 +10,7 @@ impl TaskScheduler {
 
     /// A request as received on the client-facing ROUTER:
     /// `[client_id, DELIM, sig, header, parent, metadata, content, bufs...]`.
-    pub fn submit(
-        &mut self,
-        frames: Frames,
-        now: Instant,
-        out: &mut impl TaskOutbox,
-    ) -> Result<(), TaskError> {
+    pub fn submit(&mut self, frames: Frames, now: Instant, out: &mut impl TaskOutbox) -> Result<(), TaskError> {
         let delim = split(&frames, 1)?;
         let header: HeaderId = self.unpack("header", &frames[delim + 2])?;
         let md: RequestMetadata = self.unpack("metadata", &frames[delim + 4])?;
@@ -69,11 +64,7 @@ impl TaskScheduler {
                 None => Found::Unknown,
             },
         };
-        let mut after = if md.after.truthy() {
-            Dep::from_value(&md.after, false, &mut resolve)
-        } else {
-            Dep::default()
-        };
+        let mut after = if md.after.truthy() { Dep::from_value(&md.after, false, &mut resolve) } else { Dep::default() };
         let follow = Dep::from_value(&md.follow, true, &mut resolve);
         after.reduce_satisfied();
         if after.check() {
@@ -135,15 +126,8 @@ impl TaskScheduler {
         Ok(())
     }
 
-    pub(super) fn unpack<T: serde::de::DeserializeOwned>(
-        &self,
-        part: &'static str,
-        b: &[u8],
-    ) -> Result<T, TaskError> {
-        self.session.unpack(b).map_err(|e| TaskError::Unpack {
-            part,
-            error: e.to_string(),
-        })
+    pub(super) fn unpack<T: serde::de::DeserializeOwned>(&self, part: &'static str, b: &[u8]) -> Result<T, TaskError> {
+        self.session.unpack(b).map_err(|e| TaskError::Unpack { part, error: e.to_string() })
     }
 
     pub(super) fn put(&mut self, tk: TaskKey, job: Box<Job>) {
@@ -227,8 +211,7 @@ impl TaskScheduler {
             return Run::Waiting;
         }
         let hwm = self.hwm;
-        let filtered =
-            !job.follow.is_empty() || !job.targets.is_empty() || !job.blacklist.is_empty();
+        let filtered = !job.follow.is_empty() || !job.targets.is_empty() || !job.blacklist.is_empty();
         let pos = if !filtered && matches!(self.cfg.scheme, Scheme::LeastLoad | Scheme::Lru) {
             // Fast path: the scheme's answer without building the candidate list.
             let mut best: Option<usize> = None;
@@ -271,9 +254,7 @@ impl TaskScheduler {
                 return self.why_not(job);
             }
             let order = &self.order;
-            let k = scheme::choose(self.cfg.scheme, &mut self.rng, cands.len(), |i| {
-                order[cands[i] as usize].load
-            });
+            let k = scheme::choose(self.cfg.scheme, &mut self.rng, cands.len(), |i| order[cands[i] as usize].load);
             let p = cands[k] as usize;
             self.scratch = cands;
             p
@@ -303,12 +284,7 @@ impl TaskScheduler {
         if !job.targets.is_empty() {
             let bl = &job.blacklist;
             job.targets.retain(|t| !bl.contains(t));
-            if job.targets.is_empty()
-                || !job
-                    .targets
-                    .iter()
-                    .any(|&t| self.name_alive[t as usize] != NO_ENGINE)
-            {
+            if job.targets.is_empty() || !job.targets.iter().any(|&t| self.name_alive[t as usize] != NO_ENGINE) {
                 return Run::Impossible;
             }
         }
@@ -324,10 +300,7 @@ impl TaskScheduler {
         self.track_load(Some(old), Some(old + 1));
 
         let eng = &mut self.engines[lane.inc as usize];
-        job.loc = Loc::Pending {
-            inc: lane.inc,
-            pos: eng.pending.len() as u32,
-        };
+        job.loc = Loc::Pending { inc: lane.inc, pos: eng.pending.len() as u32 };
         eng.pending.push(tk);
         self.assign_seq += 1;
         job.assigned = self.assign_seq;
@@ -338,19 +311,9 @@ impl TaskScheduler {
         f.extend(job.frames.iter().cloned());
         out.to_engine(f);
 
-        let content = Destination {
-            msg_id: &job.msg_id,
-            engine_id: &eng.uuid,
-        };
+        let content = Destination { msg_id: &job.msg_id, engine_id: &eng.uuid };
         let header = self.stamp.header("task_destination");
-        match self.session.serialize_with_header(
-            vec![self.ident.clone()],
-            &header,
-            Parent::None,
-            &Value::map(),
-            &content,
-            vec![],
-        ) {
+        match self.session.serialize_with_header(vec![self.ident.clone()], &header, Parent::None, &Value::map(), &content, vec![]) {
             Ok(frames) => out.to_hub(MonitorTopic::TaskDestination, frames),
             Err(e) => tracing::warn!(msg_id = %job.msg_id, "cannot build task_destination: {e}"),
         }
@@ -365,14 +328,7 @@ impl TaskScheduler {
         let idents = job.frames[..job.delim].to_vec();
         let content = ErrorContent::new(ename, "");
         let header = self.stamp.header("apply_reply");
-        match self.session.serialize_with_header(
-            idents,
-            &header,
-            Parent::Raw(job.header_bytes()),
-            &Value::map(),
-            &content,
-            vec![],
-        ) {
+        match self.session.serialize_with_header(idents, &header, Parent::Raw(job.header_bytes()), &Value::map(), &content, vec![]) {
             Ok(frames) => {
                 out.to_client(frames.clone());
                 out.to_hub(MonitorTopic::TaskReply, frames);

@@ -48,9 +48,7 @@ pub(super) struct Msg {
 
 pub(super) fn decode(p: Packer, frames: &Frames) -> Msg {
     let mut checker = session(p);
-    let env = Envelope::parse(frames.clone())
-        .map_err(|e| e.0)
-        .expect("framing");
+    let env = Envelope::parse(frames.clone()).map_err(|e| e.0).expect("framing");
     checker.check(&env, false).expect("valid signature");
     Msg {
         idents: env.idents().to_vec(),
@@ -84,15 +82,7 @@ pub(super) struct H {
 
 impl H {
     pub fn new(scheme: Scheme, hwm: usize) -> H {
-        H::with(
-            TaskConfig {
-                scheme,
-                hwm,
-                stranded_delay: Duration::from_secs(5),
-                seed: 7,
-            },
-            Packer::Json,
-        )
+        H::with(TaskConfig { scheme, hwm, stranded_delay: Duration::from_secs(5), seed: 7 }, Packer::Json)
     }
 
     pub fn with(cfg: TaskConfig, p: Packer) -> H {
@@ -128,14 +118,7 @@ impl H {
     pub fn request(&mut self, md: &Value) -> (String, Frames) {
         let (h, frames) = self
             .client
-            .serialize(
-                vec![CLIENT.to_vec()],
-                "apply_request",
-                Parent::None,
-                md,
-                &Value::map(),
-                vec![b"buf0".to_vec(), b"buf1".to_vec()],
-            )
+            .serialize(vec![CLIENT.to_vec()], "apply_request", Parent::None, md, &Value::map(), vec![b"buf0".to_vec(), b"buf1".to_vec()])
             .expect("serialize");
         (h.msg_id, frames)
     }
@@ -148,11 +131,8 @@ impl H {
 
     pub fn submit_frames(&mut self, id: &str, frames: Frames) {
         let d = find_delim(&frames).expect("delim");
-        self.req_headers
-            .insert(id.to_owned(), frames[d + 2].clone());
-        self.s
-            .submit(frames, self.now, &mut self.out)
-            .expect("submit");
+        self.req_headers.insert(id.to_owned(), frames[d + 2].clone());
+        self.s.submit(frames, self.now, &mut self.out).expect("submit");
         self.s.check_invariants();
     }
 
@@ -165,23 +145,14 @@ impl H {
                 let d = find_delim(&f).expect("delim");
                 let h: Header = self.p.unpack(&f[d + 2]).expect("header");
                 assert_eq!(&f[1][..], CLIENT, "client routing frame kept");
-                Sent {
-                    uuid,
-                    msg_id: h.msg_id,
-                    frames: f,
-                }
+                Sent { uuid, msg_id: h.msg_id, frames: f }
             })
             .collect()
     }
 
     pub fn sent_one(&mut self) -> Sent {
         let mut v = self.sent();
-        assert_eq!(
-            v.len(),
-            1,
-            "expected exactly one send: {:?}",
-            v.iter().map(|s| (&s.uuid, &s.msg_id)).collect::<Vec<_>>()
-        );
+        assert_eq!(v.len(), 1, "expected exactly one send: {:?}", v.iter().map(|s| (&s.uuid, &s.msg_id)).collect::<Vec<_>>());
         v.remove(0)
     }
 
@@ -208,9 +179,7 @@ impl H {
 
     pub fn reply(&mut self, to: &Sent, status: &str, deps_met: bool) {
         let f = self.reply_frames(to, status, deps_met);
-        self.s
-            .engine_reply(f, self.now, &mut self.out)
-            .expect("reply accepted");
+        self.s.engine_reply(f, self.now, &mut self.out).expect("reply accepted");
         self.s.check_invariants();
     }
 
@@ -221,10 +190,7 @@ impl H {
     /// Drains client replies, decoded.
     pub fn replies(&mut self) -> Vec<Msg> {
         let p = self.p;
-        std::mem::take(&mut self.out.client)
-            .iter()
-            .map(|f| decode(p, f))
-            .collect()
+        std::mem::take(&mut self.out.client).iter().map(|f| decode(p, f)).collect()
     }
 
     pub fn hub(&mut self) -> Vec<(&'static str, Frames)> {
@@ -240,19 +206,11 @@ impl H {
         let r = self.replies();
         assert_eq!(r.len(), 1, "one reply expected, got {r:?}");
         let m = &r[0];
-        assert_eq!(
-            m.idents,
-            vec![CLIENT.to_vec()],
-            "client frames [client_id, DELIM, ...]"
-        );
+        assert_eq!(m.idents, vec![CLIENT.to_vec()], "client frames [client_id, DELIM, ...]");
         assert_eq!(m.header.msg_type, "apply_reply");
         assert_eq!(m.header.session, self.s.session.session_id());
         assert_eq!(m.parent.get("msg_id").as_str(), Some(id));
-        assert_eq!(
-            Some(&m.parent_raw),
-            self.req_headers.get(id),
-            "parent = request header bytes"
-        );
+        assert_eq!(Some(&m.parent_raw), self.req_headers.get(id), "parent = request header bytes");
         assert_eq!(m.metadata, Value::map(), "metadata {{}}");
         assert_eq!(m.content.get("status").as_str(), Some("error"));
         assert_eq!(m.content.get("ename").as_str(), Some(ename));
@@ -345,15 +303,7 @@ fn leastload_prefers_idle_engine() {
 }
 
 fn spread(scheme: Scheme, seed: u64) -> Vec<String> {
-    let mut h = H::with(
-        TaskConfig {
-            scheme,
-            hwm: 0,
-            stranded_delay: Duration::from_secs(5),
-            seed,
-        },
-        Packer::Json,
-    );
+    let mut h = H::with(TaskConfig { scheme, hwm: 0, stranded_delay: Duration::from_secs(5), seed }, Packer::Json);
     for e in ["A", "B", "C", "D"] {
         h.add(e);
     }
@@ -374,10 +324,7 @@ fn random_schemes_spread_and_are_seeded() {
         assert_eq!(a, spread(scheme, 1), "{scheme}: same seed, same choices");
         assert_ne!(a, spread(scheme, 2), "{scheme}: seed matters");
         for e in ["A", "B", "C", "D"] {
-            assert!(
-                a.iter().filter(|u| *u == e).count() > 10,
-                "{scheme}: {e} rarely chosen"
-            );
+            assert!(a.iter().filter(|u| *u == e).count() > 10, "{scheme}: {e} rarely chosen");
         }
     }
 }
@@ -388,23 +335,12 @@ fn twobin_prefers_least_recently_used() {
     // so the engine just used (at the back) is picked only 1/16 of the time.
     let a = spread(Scheme::TwoBin, 3);
     let repeats = a.windows(2).filter(|w| w[0] == w[1]).count();
-    assert!(
-        repeats < 30,
-        "{repeats} repeats of the most recently used engine"
-    );
+    assert!(repeats < 30, "{repeats} repeats of the most recently used engine");
 }
 
 #[test]
 fn weighted_avoids_loaded_engines() {
-    let mut h = H::with(
-        TaskConfig {
-            scheme: Scheme::Weighted,
-            hwm: 0,
-            stranded_delay: Duration::from_secs(5),
-            seed: 11,
-        },
-        Packer::Json,
-    );
+    let mut h = H::with(TaskConfig { scheme: Scheme::Weighted, hwm: 0, stranded_delay: Duration::from_secs(5), seed: 11 }, Packer::Json);
     h.add("A");
     h.add("B");
     h.add("C");
@@ -431,18 +367,12 @@ fn hwm_one_holds_one_task_per_engine() {
     let t3 = h.submit(md_empty());
     let sent = h.sent();
     assert_eq!(sent.len(), 2);
-    assert_eq!(
-        (sent[0].msg_id.as_str(), sent[1].msg_id.as_str()),
-        (t1.as_str(), t2.as_str())
-    );
+    assert_eq!((sent[0].msg_id.as_str(), sent[1].msg_id.as_str()), (t1.as_str(), t2.as_str()));
     assert_eq!(h.s.stats().queued, 1);
     assert_eq!(h.s.stats().pending, 2);
     h.ok(&sent[1]);
     let s3 = h.sent_one();
-    assert_eq!(
-        (s3.msg_id.as_str(), s3.uuid.as_str()),
-        (t3.as_str(), sent[1].uuid.as_str())
-    );
+    assert_eq!((s3.msg_id.as_str(), s3.uuid.as_str()), (t3.as_str(), sent[1].uuid.as_str()));
     assert_eq!(h.s.stats().queued, 0);
 }
 
@@ -506,58 +436,31 @@ fn tracktask_and_forwarding_shapes() {
     h.submit_frames(&id, frames.clone());
     let hub = h.hub();
     assert_eq!(hub.len(), 2);
-    assert_eq!(
-        hub[0],
-        ("intask", frames.clone()),
-        "intask copy is the raw submission"
-    );
+    assert_eq!(hub[0], ("intask", frames.clone()), "intask copy is the raw submission");
     assert_eq!(hub[1].0, "tracktask");
     let tt = decode(h.p, &hub[1].1);
-    assert_eq!(
-        tt.idents,
-        vec![h.s.session.session_id().as_bytes().to_vec()]
-    );
+    assert_eq!(tt.idents, vec![h.s.session.session_id().as_bytes().to_vec()]);
     assert_eq!(tt.header.msg_type, "task_destination");
-    assert_eq!(
-        tt.content,
-        vmap! {"msg_id" => id.as_str(), "engine_id" => "A"}
-    );
+    assert_eq!(tt.content, vmap! {"msg_id" => id.as_str(), "engine_id" => "A"});
     let s = h.sent_one();
     let mut want = vec![b"A".to_vec()];
     want.extend(frames);
-    assert_eq!(
-        s.frames, want,
-        "raw frames forwarded unchanged after the engine uuid"
-    );
+    assert_eq!(s.frames, want, "raw frames forwarded unchanged after the engine uuid");
     let reply = h.reply_frames(&s, "ok", true);
-    h.s.engine_reply(reply.clone(), h.now, &mut h.out)
-        .expect("reply");
+    h.s.engine_reply(reply.clone(), h.now, &mut h.out).expect("reply");
     let mut swapped = reply;
     swapped.swap(0, 1);
     assert_eq!(std::mem::take(&mut h.out.client), vec![swapped.clone()]);
     assert_eq!(h.hub(), vec![("outtask", swapped)]);
     let st = h.s.stats();
-    assert_eq!(
-        (st.completed, st.failed, st.pending, st.queued, st.submitted),
-        (1, 0, 0, 0, 1)
-    );
+    assert_eq!((st.completed, st.failed, st.pending, st.queued, st.submitted), (1, 0, 0, 0, 1));
 }
 
 #[test]
 fn destination_packs_like_the_protocol_type() {
     for p in [Packer::Json, Packer::Msgpack] {
-        let ours = p
-            .pack(&Destination {
-                msg_id: "m-1",
-                engine_id: "u-1",
-            })
-            .expect("pack");
-        let theirs = p
-            .pack(&TaskDestination {
-                msg_id: "m-1".into(),
-                engine_id: "u-1".into(),
-            })
-            .expect("pack");
+        let ours = p.pack(&Destination { msg_id: "m-1", engine_id: "u-1" }).expect("pack");
+        let theirs = p.pack(&TaskDestination { msg_id: "m-1".into(), engine_id: "u-1".into() }).expect("pack");
         assert_eq!(ours, theirs);
     }
 }
@@ -567,13 +470,7 @@ fn metadata_key_order_and_packer_do_not_matter() {
     for p in [Packer::Json, Packer::Msgpack] {
         let mut outcomes = Vec::new();
         for reversed in [false, true] {
-            let mut h = H::with(
-                TaskConfig {
-                    hwm: 0,
-                    ..TaskConfig::default()
-                },
-                p,
-            );
+            let mut h = H::with(TaskConfig { hwm: 0, ..TaskConfig::default() }, p);
             h.add("A");
             h.add("B");
             let t1 = h.submit(md_empty());
@@ -593,11 +490,7 @@ fn metadata_key_order_and_packer_do_not_matter() {
                 ("after", dep),
             ];
             let mut m = Value::map();
-            let it: Box<dyn Iterator<Item = (&str, Value)>> = if reversed {
-                Box::new(pairs.into_iter().rev())
-            } else {
-                Box::new(pairs.into_iter())
-            };
+            let it: Box<dyn Iterator<Item = (&str, Value)>> = if reversed { Box::new(pairs.into_iter().rev()) } else { Box::new(pairs.into_iter()) };
             for (k, v) in it {
                 m.insert(k, v);
             }
@@ -635,10 +528,7 @@ fn after_any_runs_after_the_first() {
     let t1 = h.submit(md_empty());
     let t2 = h.submit(md_empty());
     let s = h.sent();
-    let t3 = h.submit(md(vec![(
-        "after",
-        vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false},
-    )]));
+    let t3 = h.submit(md(vec![("after", vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false})]));
     assert!(h.sent().is_empty());
     h.ok(&s[1]);
     assert_eq!(h.sent_one().msg_id, t3);
@@ -679,28 +569,13 @@ fn failed_dependency_cascades() {
     let s = h.sent_one();
     let t2 = h.submit(md(vec![("after", ids(&[&t1]))]));
     let t3 = h.submit(md(vec![("after", ids(&[&t2]))]));
-    let t4 = h.submit(md(vec![(
-        "after",
-        vmap! {"dependencies" => ids(&[&t2]), "success" => false, "failure" => true},
-    )]));
+    let t4 = h.submit(md(vec![("after", vmap! {"dependencies" => ids(&[&t2]), "success" => false, "failure" => true})]));
     h.hub();
     h.reply(&s, "error", true);
     let r = h.replies();
-    let parents: Vec<_> = r
-        .iter()
-        .map(|m| {
-            m.parent
-                .get("msg_id")
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
+    let parents: Vec<_> = r.iter().map(|m| m.parent.get("msg_id").as_str().unwrap_or_default().to_owned()).collect();
     assert_eq!(parents, [t1.clone(), t2.clone(), t3.clone()]);
-    assert_eq!(
-        r[1].content.get("ename").as_str(),
-        Some("ImpossibleDependency")
-    );
+    assert_eq!(r[1].content.get("ename").as_str(), Some("ImpossibleDependency"));
     assert_eq!(h.sent_one().msg_id, t4, "t4 waits on t2 failing");
 }
 
@@ -737,14 +612,7 @@ fn invalid_dependencies() {
     hd.msg_id = "self-1".into();
     let frames = h
         .client
-        .serialize_with_header(
-            vec![CLIENT.to_vec()],
-            &hd,
-            Parent::None,
-            &md(vec![("after", ids(&["self-1"]))]),
-            &Value::map(),
-            vec![],
-        )
+        .serialize_with_header(vec![CLIENT.to_vec()], &hd, Parent::None, &md(vec![("after", ids(&["self-1"]))]), &Value::map(), vec![])
         .expect("ser");
     h.submit_frames("self-1", frames);
     h.expect_failure("self-1", "InvalidDependency");
@@ -753,10 +621,7 @@ fn invalid_dependencies() {
     let t1 = h.submit(md_empty());
     let s1 = h.sent_one();
     h.ok(&s1);
-    let t = h.submit(md(vec![(
-        "after",
-        vmap! {"dependencies" => ids(&[&t1, "nonexistent"]), "all" => false},
-    )]));
+    let t = h.submit(md(vec![("after", vmap! {"dependencies" => ids(&[&t1, "nonexistent"]), "all" => false})]));
     assert_eq!(h.sent_one().msg_id, t);
 }
 
@@ -776,10 +641,7 @@ fn impossible_follow_across_two_engines() {
     let t3 = h.submit(md(vec![("follow", ids(&[&t1, &t2]))]));
     h.expect_failure(&t3, "ImpossibleDependency");
     // `any` follow across two engines is fine
-    let t4 = h.submit(md(vec![(
-        "follow",
-        vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false},
-    )]));
+    let t4 = h.submit(md(vec![("follow", vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false})]));
     assert_eq!(h.sent_one().msg_id, t4);
 }
 
@@ -824,11 +686,7 @@ fn unmet_dependencies_blacklist_engines() {
     h.hub();
     h.reply(&s, "ok", false);
     assert!(h.replies().is_empty(), "unmet: nothing to the client");
-    assert_eq!(
-        h.hub_topics(),
-        ["tracktask"],
-        "unmet: no outtask, only the new destination"
-    );
+    assert_eq!(h.hub_topics(), ["tracktask"], "unmet: no outtask, only the new destination");
     let s2 = h.sent_one();
     assert_ne!(s2.uuid, s.uuid, "never the same engine twice");
     assert_eq!(s2.msg_id, t);
@@ -842,10 +700,7 @@ fn all_engines_blacklisted_waits_then_times_out() {
     let mut h = H::new(Scheme::LeastLoad, 1);
     h.add("A");
     h.add("B");
-    let t = h.submit(md(vec![
-        ("retries", Value::Int(5)),
-        ("timeout", Value::Float(0.1)),
-    ]));
+    let t = h.submit(md(vec![("retries", Value::Int(5)), ("timeout", Value::Float(0.1))]));
     for _ in 0..2 {
         let s = h.sent_one();
         h.reply(&s, "error", true);
@@ -877,15 +732,10 @@ fn retries_resend_elsewhere_then_final_error() {
     assert_ne!(s2.frames[0], s1.frames[0]);
     h.hub();
     let reply = h.reply_frames(&s2, "error", true);
-    h.s.engine_reply(reply.clone(), h.now, &mut h.out)
-        .expect("reply");
+    h.s.engine_reply(reply.clone(), h.now, &mut h.out).expect("reply");
     let mut swapped = reply;
     swapped.swap(0, 1);
-    assert_eq!(
-        std::mem::take(&mut h.out.client),
-        vec![swapped.clone()],
-        "engine's error forwarded as is"
-    );
+    assert_eq!(std::mem::take(&mut h.out.client), vec![swapped.clone()], "engine's error forwarded as is");
     assert_eq!(h.hub(), vec![("outtask", swapped)]);
     assert!(h.sent().is_empty());
     assert_eq!(h.s.stats().failed, 1);
@@ -939,10 +789,7 @@ fn timeout_is_rearmed_when_requeued() {
     h.add("A");
     let t0 = h.submit(md_empty());
     let s0 = h.sent_one();
-    let t = h.submit(md(vec![
-        ("timeout", Value::Float(1.0)),
-        ("retries", Value::Int(1)),
-    ]));
+    let t = h.submit(md(vec![("timeout", Value::Float(1.0)), ("retries", Value::Int(1))]));
     h.at(0.9);
     h.ok(&s0);
     h.replies();
@@ -982,31 +829,18 @@ fn stranded_task_gets_engine_error() {
     assert_eq!(Some(&m.parent_raw), h.req_headers.get(&t));
     assert_eq!(m.metadata.get("status").as_str(), Some("error"));
     assert_eq!(m.metadata.get("engine").as_str(), Some("e-1"));
-    assert!(m
-        .metadata
-        .get("date")
-        .as_str()
-        .is_some_and(datetime::looks_like_iso));
+    assert!(m.metadata.get("date").as_str().is_some_and(datetime::looks_like_iso));
     assert_eq!(m.content.get("ename").as_str(), Some("EngineError"));
-    assert_eq!(
-        m.content.get("evalue").as_str(),
-        Some(format!("Engine b'e-1' died while running task '{t}'").as_str())
-    );
+    assert_eq!(m.content.get("evalue").as_str(), Some(format!("Engine b'e-1' died while running task '{t}'").as_str()));
     let hub = h.hub();
     assert_eq!(hub.len(), 1);
     assert_eq!(hub[0].0, "outtask");
-    assert_eq!(
-        decode(h.p, &hub[0].1).idents,
-        vec![CLIENT.to_vec(), b"e-1".to_vec()]
-    );
+    assert_eq!(decode(h.p, &hub[0].1).idents, vec![CLIENT.to_vec(), b"e-1".to_vec()]);
     let st = h.s.stats();
     assert_eq!((st.pending, st.failed, st.engines), (0, 1, 0));
     // a reply from the dead engine now is refused
     let late = h.reply_frames(&s, "ok", true);
-    assert!(matches!(
-        h.s.engine_reply(late, h.now, &mut h.out),
-        Err(TaskError::UnknownTask(_))
-    ));
+    assert!(matches!(h.s.engine_reply(late, h.now, &mut h.out), Err(TaskError::UnknownTask(_))));
     assert!(h.replies().is_empty());
 }
 
@@ -1027,10 +861,7 @@ fn stranded_task_is_retried() {
     h.ok(&sb);
     h.replies();
     let s2 = h.sent_one();
-    assert_eq!(
-        (s2.msg_id.as_str(), s2.uuid.as_str()),
-        (t.as_str(), sb.uuid.as_str())
-    );
+    assert_eq!((s2.msg_id.as_str(), s2.uuid.as_str()), (t.as_str(), sb.uuid.as_str()));
     h.ok(&s2);
     let r = h.replies();
     assert_eq!(r.len(), 1);
@@ -1088,15 +919,8 @@ fn msgpack_scheduler_made_replies() {
     h.expect_failure(&t, "InvalidDependency");
     let t = h.submit(md_empty());
     let s = h.sent_one();
-    let tt = h
-        .hub()
-        .into_iter()
-        .find(|(t, _)| *t == "tracktask")
-        .expect("tracktask");
-    assert_eq!(
-        decode(h.p, &tt.1).content,
-        vmap! {"msg_id" => t.as_str(), "engine_id" => "A"}
-    );
+    let tt = h.hub().into_iter().find(|(t, _)| *t == "tracktask").expect("tracktask");
+    assert_eq!(decode(h.p, &tt.1).content, vmap! {"msg_id" => t.as_str(), "engine_id" => "A"});
     h.remove("A");
     h.at(5.0);
     let r = h.replies();
@@ -1178,12 +1002,8 @@ fn malformed_input_is_refused_without_side_effects() {
         h.s.check_invariants();
     }
     assert!(h.out.client.is_empty() && h.out.hub.is_empty());
-    h.s.engine_reply(reply.clone(), h.now, &mut h.out)
-        .expect("good reply");
-    assert!(matches!(
-        h.s.engine_reply(reply, h.now, &mut h.out),
-        Err(TaskError::UnknownTask(_))
-    ));
+    h.s.engine_reply(reply.clone(), h.now, &mut h.out).expect("good reply");
+    assert!(matches!(h.s.engine_reply(reply, h.now, &mut h.out), Err(TaskError::UnknownTask(_))));
     assert_eq!(h.replies().len(), 1);
 }
 
@@ -1255,10 +1075,7 @@ fn finished_tasks_free_their_slots_and_keep_their_outcomes() {
     // Outcomes of tasks finished 20,000 tasks ago are still exact.
     let t = h.submit(md(vec![("after", ids(&[&bad]))]));
     h.expect_failure(&t, "ImpossibleDependency");
-    let t = h.submit(md(vec![(
-        "after",
-        vmap! {"dependencies" => ids(&[&bad]), "success" => false, "failure" => true},
-    )]));
+    let t = h.submit(md(vec![("after", vmap! {"dependencies" => ids(&[&bad]), "success" => false, "failure" => true})]));
     assert_eq!(h.sent_one().msg_id, t);
     let t = h.submit(md(vec![("after", ids(&[&good]))]));
     assert_eq!(h.sent_one().msg_id, t);
@@ -1270,10 +1087,7 @@ fn finished_tasks_free_their_slots_and_keep_their_outcomes() {
     // And an old msg_id cannot be submitted again.
     let mut hd = h.client.new_header("apply_request");
     hd.msg_id = good.clone();
-    let again = h
-        .client
-        .serialize_with_header(vec![CLIENT.to_vec()], &hd, Parent::None, &md_empty(), &Value::map(), vec![])
-        .expect("ser");
+    let again = h.client.serialize_with_header(vec![CLIENT.to_vec()], &hd, Parent::None, &md_empty(), &Value::map(), vec![]).expect("ser");
     assert!(matches!(
         h.s.submit(again, h.now, &mut h.out),
         Err(TaskError::DuplicateMsgId(id)) if id == good
@@ -1354,10 +1168,7 @@ fn a_running_job_learns_outcomes_it_did_not_wait_for() {
     let t2 = h.submit(md_empty());
     let s2 = h.sent_one();
     assert_eq!(s2.uuid, "A");
-    let j = h.submit(md(vec![
-        ("follow", vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false}),
-        ("retries", Value::Int(1)),
-    ]));
+    let j = h.submit(md(vec![("follow", vmap! {"dependencies" => ids(&[&t1, &t2]), "all" => false}), ("retries", Value::Int(1))]));
     let sj = h.sent_one();
     assert_eq!((sj.msg_id.as_str(), sj.uuid.as_str()), (j.as_str(), "B"));
     h.ok(&s2);

@@ -5,9 +5,7 @@ use super::*;
 pub(super) fn parse_timeout(v: &Value) -> Option<Duration> {
     let secs = match v {
         Value::Str(s) => s.trim().parse::<f64>().ok()?,
-        other => other
-            .as_f64()
-            .or_else(|| other.as_bool().map(|b| if b { 1.0 } else { 0.0 }))?,
+        other => other.as_f64().or_else(|| other.as_bool().map(|b| if b { 1.0 } else { 0.0 }))?,
     };
     if secs == 0.0 || !secs.is_finite() {
         return None;
@@ -29,11 +27,7 @@ pub(super) fn parse_int(v: &Value) -> i64 {
 
 /// Python's `repr(bytes)` (for the `EngineError` message).
 pub(super) fn py_bytes_repr(b: &[u8]) -> String {
-    let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
-        '"'
-    } else {
-        '\''
-    };
+    let quote = if b.contains(&b'\'') && !b.contains(&b'"') { '"' } else { '\'' };
     let mut s = String::with_capacity(b.len() + 3);
     s.push('b');
     s.push(quote);
@@ -57,11 +51,7 @@ pub(super) fn py_bytes_repr(b: &[u8]) -> String {
 
 /// Python's `repr(str)` for printable text (enough for msg_ids).
 pub(super) fn py_str_repr(t: &str) -> String {
-    let quote = if t.contains('\'') && !t.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
+    let quote = if t.contains('\'') && !t.contains('"') { '"' } else { '\'' };
     let mut s = String::with_capacity(t.len() + 2);
     s.push(quote);
     for c in t.chars() {
@@ -74,9 +64,7 @@ pub(super) fn py_str_repr(t: &str) -> String {
                 s.push('\\');
                 s.push(quote);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                s.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => s.push_str(&format!("\\x{:02x}", c as u32)),
             c => s.push(c),
         }
     }
@@ -92,10 +80,7 @@ pub(super) fn split(frames: &[Vec<u8>], routing: usize) -> Result<usize, TaskErr
         return Err(TaskError::TooShort(after));
     }
     if delim < routing {
-        return Err(TaskError::MissingRouting {
-            need: routing,
-            got: delim,
-        });
+        return Err(TaskError::MissingRouting { need: routing, got: delim });
     }
     debug_assert_eq!(&frames[delim][..], DELIM);
     Ok(delim)

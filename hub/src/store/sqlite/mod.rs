@@ -23,8 +23,8 @@
 //! file system (`auto_vacuum=incremental`).
 
 use super::{Missing, Store, StoreError, StoreResult, StoreStats};
-use crate::store::query::Query;
 use crate::records::{Field, Fields, TaskRecord};
+use crate::store::query::Query;
 use ippx_protocol::datetime::Timestamp;
 use ippx_protocol::{Packer, Value};
 use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
@@ -216,7 +216,8 @@ impl SqliteStore {
         let count: i64 = wconn.query_row(&format!("SELECT COUNT(*) FROM {}", quote(&table)), [], |r| r.get(0))?;
         info!(path = %p.display(), table = %table, records = count, "SQLite task store opened");
 
-        let reader = open_conn(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).with_context(|| format!("opening {} for reading", p.display()))?;
+        let reader = open_conn(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("opening {} for reading", p.display()))?;
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
         let (dtx, drx) = mpsc::channel();

@@ -12,9 +12,14 @@ pub(super) enum Kind {
 
 pub(super) fn kind(f: Field) -> Kind {
     match f {
-        Field::MsgId | Field::ClientUuid | Field::EngineUuid | Field::Resubmitted | Field::Queue | Field::ExecuteInput | Field::Stdout | Field::Stderr => {
-            Kind::Text
-        }
+        Field::MsgId
+        | Field::ClientUuid
+        | Field::EngineUuid
+        | Field::Resubmitted
+        | Field::Queue
+        | Field::ExecuteInput
+        | Field::Stdout
+        | Field::Stderr => Kind::Text,
         Field::Buffers | Field::ResultBuffers => Kind::Bufs,
         Field::Submitted | Field::Started | Field::Completed | Field::Received => Kind::Ts,
         _ => Kind::Val,

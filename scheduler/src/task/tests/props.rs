@@ -12,28 +12,15 @@ const POOL: [&str; 4] = ["e0", "e1", "e2", "e3"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Submit {
-        after: Vec<u8>,
-        after_mode: u8,
-        follow: Vec<u8>,
-        targets: Vec<u8>,
-        retries: u8,
-        timeout: u8,
-        bad: bool,
-    },
-    Reply {
-        pick: u16,
-        kind: u8,
-    },
+    Submit { after: Vec<u8>, after_mode: u8, follow: Vec<u8>, targets: Vec<u8>, retries: u8, timeout: u8, bad: bool },
+    Reply { pick: u16, kind: u8 },
     Add(u8),
     Remove(u8),
     Tick(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let some = |v: BoxedStrategy<Vec<u8>>, p: f64| {
-        prop::option::weighted(p, v).prop_map(Option::unwrap_or_default)
-    };
+    let some = |v: BoxedStrategy<Vec<u8>>, p: f64| prop::option::weighted(p, v).prop_map(Option::unwrap_or_default);
     let submit = (
         some(prop::collection::vec(any::<u8>(), 1..3).boxed(), 0.4),
         0u8..4,
@@ -43,17 +30,15 @@ fn op() -> impl Strategy<Value = Op> {
         0u8..4,
         prop::bool::weighted(0.03),
     )
-        .prop_map(
-            |(after, after_mode, follow, targets, retries, timeout, bad)| Op::Submit {
-                after,
-                after_mode,
-                follow,
-                targets,
-                retries,
-                timeout,
-                bad,
-            },
-        );
+        .prop_map(|(after, after_mode, follow, targets, retries, timeout, bad)| Op::Submit {
+            after,
+            after_mode,
+            follow,
+            targets,
+            retries,
+            timeout,
+            bad,
+        });
     prop_oneof![
         5 => submit,
         6 => (any::<u16>(), 0u8..6).prop_map(|(pick, kind)| Op::Reply { pick, kind }),
@@ -87,15 +72,7 @@ fn parent_id(p: Packer, f: &Frames) -> String {
 impl Model {
     fn new(scheme: Scheme, hwm: usize, seed: u64) -> Model {
         Model {
-            h: H::with(
-                TaskConfig {
-                    scheme,
-                    hwm,
-                    stranded_delay: Duration::from_secs(5),
-                    seed,
-                },
-                Packer::Json,
-            ),
+            h: H::with(TaskConfig { scheme, hwm, stranded_delay: Duration::from_secs(5), seed }, Packer::Json),
             hwm,
             submitted: Vec::new(),
             outstanding: Vec::new(),
@@ -127,16 +104,9 @@ impl Model {
     fn absorb(&mut self) {
         let p = self.h.p;
         for s in self.h.sent() {
-            let inc = *self
-                .alive
-                .get(&s.uuid)
-                .unwrap_or_else(|| panic!("task sent to dead engine {}", s.uuid));
+            let inc = *self.alive.get(&s.uuid).unwrap_or_else(|| panic!("task sent to dead engine {}", s.uuid));
             let d = find_delim(&s.frames).expect("delim");
-            assert!(
-                self.sigs.insert((s.uuid.clone(), s.frames[d + 1].clone())),
-                "same signed message sent twice to {}",
-                s.uuid
-            );
+            assert!(self.sigs.insert((s.uuid.clone(), s.frames[d + 1].clone())), "same signed message sent twice to {}", s.uuid);
             self.outstanding.push((inc, s));
             if self.hwm > 0 {
                 let n = self.outstanding.iter().filter(|(i, _)| *i == inc).count();
@@ -159,22 +129,12 @@ impl Model {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Submit {
-                after,
-                after_mode,
-                follow,
-                targets,
-                retries,
-                timeout,
-                bad,
-            } => {
+            Op::Submit { after, after_mode, follow, targets, retries, timeout, bad } => {
                 let pick = |ix: &Vec<u8>, all: &Vec<String>| -> Vec<Value> {
                     if all.is_empty() {
                         return vec![];
                     }
-                    ix.iter()
-                        .map(|&i| Value::from(all[i as usize % all.len()].as_str()))
-                        .collect()
+                    ix.iter().map(|&i| Value::from(all[i as usize % all.len()].as_str())).collect()
                 };
                 let mut a = pick(after, &self.submitted);
                 if *bad {
@@ -193,15 +153,8 @@ impl Model {
                 let f = pick(follow, &self.submitted);
                 // a follow on a task that ran on a now-dead engine waits forever (as in
                 // Python) unless it has a timeout
-                let timeout = if !f.is_empty() && *timeout == 0 {
-                    1
-                } else {
-                    *timeout
-                };
-                let t: Vec<Value> = targets
-                    .iter()
-                    .map(|&i| Value::from(if i < 4 { POOL[i as usize] } else { "ghost" }))
-                    .collect();
+                let timeout = if !f.is_empty() && *timeout == 0 { 1 } else { *timeout };
+                let t: Vec<Value> = targets.iter().map(|&i| Value::from(if i < 4 { POOL[i as usize] } else { "ghost" })).collect();
                 let m = md(vec![
                     ("after", after_v),
                     ("follow", Value::Array(f)),
@@ -216,9 +169,7 @@ impl Model {
                 if self.outstanding.is_empty() {
                     return;
                 }
-                let (_, s) = self
-                    .outstanding
-                    .remove(*pick as usize % self.outstanding.len());
+                let (_, s) = self.outstanding.remove(*pick as usize % self.outstanding.len());
                 let (status, met) = match kind {
                     3 => ("error", true),
                     4 => ("ok", false),
@@ -265,13 +216,7 @@ impl Model {
 }
 
 fn scheme_of(i: u8) -> Scheme {
-    [
-        Scheme::LeastLoad,
-        Scheme::Lru,
-        Scheme::TwoBin,
-        Scheme::Weighted,
-        Scheme::PlainRandom,
-    ][i as usize % 5]
+    [Scheme::LeastLoad, Scheme::Lru, Scheme::TwoBin, Scheme::Weighted, Scheme::PlainRandom][i as usize % 5]
 }
 
 proptest! {
