@@ -8,6 +8,9 @@ use ippx_hub::settings;
 use std::process::ExitCode;
 use tracing::{error, info, warn};
 
+/// The signal that stopped the controller, for the last log line.
+static SIGNAL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -76,17 +79,23 @@ fn main() -> ExitCode {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             let signals = async move {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM"),
-                    _ = int.recv() => info!("SIGINT"),
-                }
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                let _ = SIGNAL.set(name);
             };
             ippx_hub::controller::run(&cfg, signals).await
         })
     });
     match result {
         Ok(why) => {
-            info!("controller stopped ({why:?})");
+            // The stock-shaped reason: the signal's name, or the client's request.
+            let reason = match why {
+                ippx_hub::controller::Stopped::Shutdown => SIGNAL.get().copied().unwrap_or("shutdown"),
+                ippx_hub::controller::Stopped::ShutdownRequest => "shutdown_request",
+            };
+            info!("controller stopped ({reason})");
             ExitCode::SUCCESS
         }
         Err(e) => {
