@@ -11,8 +11,9 @@
 //!   will dial, and a warning when those cannot work for remote peers.
 
 use crate::cli::{CliError, HubConfig};
-use crate::profile::{hostname, plan_ports};
+use crate::profile::plan_ports;
 use ippx_protocol::connection::{ClientConnectionFile, EngineConnectionFile};
+use ippx_scheduler::link::RelayPorts;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
@@ -157,48 +158,19 @@ pub fn connection_files(cfg: &HubConfig) -> Result<(EngineConnectionFile, Client
         return Err(DeployError::PortsNotFixed("an engine broadcast port"));
     }
     let key = key(cfg)?;
-    let t = &cfg.transport;
-    let location = cfg.location.clone().unwrap_or_else(hostname);
-    // The controller names its packer by the canonical name (`Packer::name`).
-    let pack = cfg.packer.name().to_owned();
-    let unpack = cfg.unpacker.map_or_else(|| pack.clone(), |u| u.name().to_owned());
-    let engine = EngineConnectionFile {
-        ssh: String::new(),
-        interface: format!("{t}://{}", cfg.engine_ip),
+    // The same files a running controller writes, from the planned ports (all fixed here).
+    let plan = crate::controller::plan::Plan { key, packer: cfg.packer, ports: p.clone(), reused: false };
+    let bound = crate::controller::plan::Bound {
         registration: p.registration,
-        control: p.engine_control,
-        mux: p.engine_mux,
-        task: p.engine_task,
-        iopub: p.engine_iopub,
         hb_ping: p.hb_ping,
         hb_pong: p.hb_pong,
-        broadcast: p.engine_broadcast.clone(),
-        key: key.clone(),
-        curve_serverkey: None,
-        location: location.clone(),
-        pack: pack.clone(),
-        unpack: unpack.clone(),
-        signature_scheme: cfg.signature_scheme.clone(),
-    };
-    let client = ClientConnectionFile {
-        ssh: String::new(),
-        interface: format!("{t}://{}", cfg.client_ip),
-        registration: p.registration,
-        control: p.client_control,
-        mux: p.client_mux,
-        task: p.client_task,
-        task_scheme: cfg.scheme.to_string(),
-        iopub: p.client_iopub,
         notification: p.notification,
-        broadcast: p.client_broadcast,
-        key,
-        curve_serverkey: None,
-        location,
-        pack,
-        unpack,
-        signature_scheme: cfg.signature_scheme.clone(),
+        engine: RelayPorts { control: p.engine_control, mux: p.engine_mux, task: p.engine_task, iopub: p.engine_iopub },
+        client: RelayPorts { control: p.client_control, mux: p.client_mux, task: p.client_task, iopub: p.client_iopub },
+        engine_broadcast: p.engine_broadcast.clone(),
+        client_broadcast: p.client_broadcast,
     };
-    Ok((engine, client))
+    Ok(crate::controller::plan::connection_files(cfg, &plan, &bound))
 }
 
 /// One line of JSON, for `IPP_CONNECTION_INFO="$(ippx-hub ... --print-connection-info=engine)"`.
