@@ -11,6 +11,11 @@ library only, so it runs on any host of a LAN or in a container:
       series, with exactly the labels its `by (...)` keeps (a plain selector: at least job
       and instance, the job matching the query's own job matcher), and finite, non-negative
       values; retried until --wait runs out, because rate() needs two scrapes
+  check_dashboard.py scraped PROMETHEUS_URL [--job JOB] [--wait SECONDS]
+      waits until Prometheus holds two successful scrapes of the job, so the counters'
+      starting values are stored before a workload runs (Prometheus applies new targets
+      only every 5 s after start: work done before its first scrape never shows in a
+      rate(), and a histogram_quantile over it is NaN)
   check_dashboard.py exprs
       lists the queries
 """
@@ -197,6 +202,25 @@ def check_live(args) -> int:
         time.sleep(2)
 
 
+def check_scraped(args) -> int:
+    deadline = time.monotonic() + args.wait
+    got = "nothing"
+    while True:
+        try:
+            q = f'count_over_time(up{{job="{args.job}"}}[5m]) and min_over_time(up{{job="{args.job}"}}[5m]) == 1'
+            res = query(args.prometheus, "/api/v1/query", {"query": q})["result"]
+            got = [s["value"][1] for s in res]
+            if res and all(float(v) >= 2 for v in got):
+                print(f"ok: Prometheus holds {got} scrapes of job {args.job!r}")
+                return 0
+        except Exception as e:  # not up yet
+            got = f"{type(e).__name__}: {e}"
+        if time.monotonic() > deadline:
+            print(f"FAILED: job {args.job!r} not scraped twice within {args.wait:.0f} s ({got})")
+            return 1
+        time.sleep(0.5)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dashboard", type=Path, default=DASHBOARD)
@@ -207,12 +231,18 @@ def main():
     lv.add_argument("prometheus")
     lv.add_argument("--job", default="ippx-hub")
     lv.add_argument("--wait", type=float, default=60)
+    sc = sub.add_parser("scraped")
+    sc.add_argument("prometheus")
+    sc.add_argument("--job", default="ippx-hub")
+    sc.add_argument("--wait", type=float, default=60)
     sub.add_parser("exprs")
     args = p.parse_args()
     if args.cmd == "rules":
         return check_rules(args)
     if args.cmd == "live":
         return check_live(args)
+    if args.cmd == "scraped":
+        return check_scraped(args)
     for pid, title, ref, expr in targets(args.dashboard):
         print(f"{pid}\t{ref}\t{title}\t{expr}")
     return 0

@@ -330,6 +330,8 @@ fn forged_messages_are_not_acted_on() {
     let md = client.reply_to(true, &good.msg_id);
     assert_eq!(md.get("engine").as_str(), Some(engine.uuid.as_str()));
     assert_eq!(client.engines().len(), 1, "a forged registration must not register");
+    // ... nor answered: a stranger learns nothing (issue 14, as stock).
+    assert_eq!(reg.poll(zmq::POLLIN, 500).expect("poll"), 0, "the hub answered a message signed with another key");
     let c = client.ask(
         "result_request",
         vmap! {"msg_ids" => Value::Array(vec![Value::from(forged_task.msg_id.as_str())]), "status_only" => true},

@@ -145,6 +145,10 @@ def test_compose(tmp_path):
         ids = compose("ps", "-q", "engine").stdout.split()
         assert len(ids) == ENGINES, f"deploy.replicas gave {len(ids)} engine containers"
         compose.wait_metric("ippx_engines_connected", lambda v: v == ENGINES, 120, "engines registered")
+        # Prometheus holds the counters' starting values before the workload runs
+        r = compose("exec", "-T", "prometheus", "python", "/opt/ippx/grafana/check_dashboard.py", "scraped",
+                    "http://127.0.0.1:9090", "--job", "ippx-hub", "--wait", "60", timeout=90, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
         timings["up"] = time.monotonic() - t0
         # what the hub wrote is what compose-env printed (no shared volume needed)
         written = compose("exec", "-T", "hub", "cat", "/home/ippx/.ipython/profile_default/security/ipcontroller-engine.json")

@@ -206,6 +206,12 @@ def test_lan(lab, tmp_path):
     assert "WARNING" not in log, log[-3000:]
     prom, prom_url = start_prometheus(lab, root)
     engines = start_engines(lab, root, sec, printed)
+    # Prometheus has the counters' starting values before any work runs (see
+    # check_dashboard.py scraped; without this the seed's tasks could all fall before
+    # the first scrape, and the latency panels would have nothing to show)
+    r = lab.run("mon", [PY, REPO / "deploy" / "grafana" / "check_dashboard.py", "scraped", prom_url,
+                        "--job", "ippx-hub", "--wait", "60"], env=base_env(root / "mon"), timeout=90)
+    assert r.returncode == 0, r.stdout + r.stderr
     cli = root / "cli"
     (cli / "conn").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sec / "ipcontroller-client.json", cli / "conn" / "client.json")

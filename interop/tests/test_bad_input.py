@@ -8,6 +8,8 @@ with one stock engine and a stock Client). Each case checks (a) the reply, or it
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import random
 import time
@@ -145,11 +147,15 @@ def hub(request, hub_module):
 # --------------------------------------------------------------------------- replies expected
 
 
+# Issue 14: a message whose signature does not hold (wrong key, none, a replay) gets no
+# reply at all, as from stock: a stranger learns nothing, not even that the port is ours.
+
+
 def test_bad_signature(hub):
     off = log_size(hub.ctl.controller_log)
     frames = hub.valid("connection_request")
     frames[1] = b"0" * 64
-    assert_hub_error(hub.send_recv(b"badpeer-1", frames))
+    assert hub.send_recv(b"badpeer-1", frames, timeout=NO_REPLY_WAIT) is None
     hub.assert_dropped(off, b"badpeer-1", "bad_signature")
     hub.still_works()
 
@@ -158,8 +164,21 @@ def test_missing_signature(hub):
     off = log_size(hub.ctl.controller_log)
     frames = hub.valid("connection_request")
     frames[1] = b""
-    assert_hub_error(hub.send_recv(b"badpeer-2", frames))
+    assert hub.send_recv(b"badpeer-2", frames, timeout=NO_REPLY_WAIT) is None
     hub.assert_dropped(off, b"badpeer-2", "bad_signature")
+    hub.still_works()
+
+
+def test_wrong_key(hub):
+    """Signed, but with another key: what a peer without the connection file sends."""
+    off = log_size(hub.ctl.controller_log)
+    _, _, h, p, m, c = hub.valid("connection_request")
+    sig = hmac.new(b"not-the-key", digestmod=hashlib.sha256)
+    for part in (h, p, m, c):
+        sig.update(part)
+    frames = [DELIM, sig.hexdigest().encode(), h, p, m, c]
+    assert hub.send_recv(b"badpeer-1k", frames, timeout=NO_REPLY_WAIT) is None
+    hub.assert_dropped(off, b"badpeer-1k", "bad_signature")
     hub.still_works()
 
 
@@ -196,10 +215,10 @@ def test_replayed_message(hub):
         assert first is not None and first["header"]["msg_type"] == "connection_reply", first
         assert first["content"]["status"] == "ok"
         s.send_multipart(frames)  # byte-identical copy
-        second = hub.recv(s, REPLY_TIMEOUT)
+        second = hub.recv(s, NO_REPLY_WAIT)
     finally:
         s.close(0)
-    assert_hub_error(second)
+    assert second is None, second
     hub.assert_dropped(off, b"badpeer-5", "replay")
     assert len(find_lines(hub.ctl.controller_log, "dropped message", "badpeer-5", offset=off)) == 1
     hub.still_works()
@@ -279,14 +298,10 @@ def test_garbage_flood(hub):
             reg.send_multipart(_garbage_message(rng))
             pong.send_multipart(_garbage_message(rng))
             mon.send_multipart(_garbage_message(rng))
-        # give the hub time to get through the registration flood (each drop is logged)
-        try:
-            wait_for(
-                lambda: len(find_lines(hub.ctl.controller_log, "dropped message", "badpeer-flood", offset=off)) >= n,
-                10, interval=0.1, what=f"{n} dropped-message lines for badpeer-flood",
-            )  # fmt: skip
-        except TimeoutError:
-            pass  # reported below; what matters is that the hub still serves
+        # give the hub time to get through the registration flood: every drop is counted,
+        # but the lines are thinned to a budget (20 a second), so a flood cannot make the
+        # log the bottleneck
+        time.sleep(1.0)
         replies = 0
         while reg.poll(0):
             reg.recv_multipart()
@@ -305,6 +320,9 @@ def test_garbage_flood(hub):
         f"monitor {sum('socket=' in ln.text and 'monitor' in ln.text for ln in new)}"
     )
     hub.still_works()
+    reg_lines = sum("badpeer-flood" in ln.text for ln in new)
+    assert 1 <= reg_lines <= 60, f"{reg_lines} WARN lines for a {n}-message flood: the log budget does not hold"
+    assert replies == 0, f"{replies} replies to unverifiable messages"
     # the engine's heart was not disturbed
     assert not find_lines(hub.ctl.controller_log, "heart stopped", offset=off)
     assert load_json(hub.ctl.log_dir / "engines.json")["engines"] == {"0": hub.rc._engines[0]}
@@ -339,3 +357,42 @@ def test_forged_task_submission(hub, forgery):
     lv = hub.rc.load_balanced_view()
     assert lv.apply_async(os.getpid).get(timeout=15) == hub.engine_pid
     hub.still_works()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_wrong_key_flood_from_a_peer_that_never_reads(hub):
+    """Issue 14: 200,000 requests signed with the wrong key, from a peer that never reads.
+    Before, each got a hub_error queued to a peer that never took it (25 MB to 299 MB,
+    never given back; stock 385 to 861 MB). Now nothing is answered and the socket holds
+    at most 1,000 messages per peer each way, so the hub's memory stays where it was."""
+    n = 200_000
+    _, _, h, p, m, c = hub.valid("connection_request")
+    sig = hmac.new(b"not-the-key", digestmod=hashlib.sha256)
+    for part in (h, p, m, c):
+        sig.update(part)
+    frames = [DELIM, sig.hexdigest().encode(), h, p, m, c]
+    pid = hub.ctl.proc.pid
+    before = _rss_mb(pid)
+    s = hub.dealer(b"badpeer-never-reads")
+    t0 = time.monotonic()
+    try:
+        for _ in range(n):
+            s.send_multipart(frames)  # blocks at the high-water mark: TCP pushes back
+        sent = time.monotonic() - t0
+        time.sleep(1.0)
+        during = _rss_mb(pid)
+        hub.still_works()
+    finally:
+        s.close(0)
+    time.sleep(0.5)
+    after = _rss_mb(pid)
+    print(f"\n[wrong-key flood] {n} messages sent in {sent:.1f}s; hub RSS {before:.1f} MB before, "
+          f"{during:.1f} MB at the end of the flood, {after:.1f} MB after the peer left")
+    assert during - before < 40, f"hub RSS grew {during - before:.1f} MB under a flood of unverifiable messages"
+    assert after - before < 40

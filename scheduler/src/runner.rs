@@ -9,6 +9,7 @@ use crate::task::{Scheme, TaskConfig, TaskOutbox, TaskScheduler};
 use crate::Counters;
 use ippx_protocol::content::EngineNotification;
 use ippx_protocol::{MonitorTopic, Parent, Session, SessionConfig, Value};
+use ippx_telemetry::budget::{LogBudgets, Verdict};
 use ippx_transport::{self as tp, zmq, zmq::SocketType, WakeReceiver};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -173,6 +174,8 @@ pub struct Scheduler {
     rx: Rx,
     /// `notifications_published` as of our last drain of the notification socket.
     notifications_seen: u64,
+    /// Lines about dropped messages: every drop is counted, a flood is logged thinly.
+    drop_log: LogBudgets,
 }
 
 /// Per-socket receive counters, taken out of the metric family once.
@@ -298,7 +301,7 @@ impl Scheduler {
         let socks =
             Sockets { mux_in, mux_out, ctl_in, ctl_out, iopub_sub, iopub_pub, task_in, task_out, bcast_root, bcast_leaves, monitor, notif, query };
         let rx = Rx::new(&counters);
-        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters, rx, notifications_seen: 0 })
+        Ok(Scheduler { cfg, socks, ports, session, task, broadcast, counters, rx, notifications_seen: 0, drop_log: LogBudgets::default() })
     }
 
     pub fn ports(&self) -> &BoundPorts {
@@ -402,7 +405,9 @@ impl Scheduler {
 
     fn drop_msg(&mut self, socket: &'static str, reason: &'static str, peer: &[u8], detail: &dyn std::fmt::Display) {
         self.counters.drop(reason);
-        warn!(socket, reason, peer = %String::from_utf8_lossy(peer), "dropped message: {detail}");
+        if let Verdict::Log { suppressed } = self.drop_log.check(socket, Instant::now()) {
+            warn!(socket, reason, peer = %String::from_utf8_lossy(peer), suppressed, "dropped message: {detail}");
+        }
     }
 
     fn drain_notifications(&mut self) {
@@ -490,18 +495,25 @@ impl Scheduler {
             if let Err(e) = relay::swap_route(&mut msgs) {
                 let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
                 self.counters.drop(e.reason());
-                warn!(socket = name, reason = e.reason(), peer = %String::from_utf8_lossy(&peer), "dropped message: {e}");
+                if let Verdict::Log { suppressed } = self.drop_log.check(name, Instant::now()) {
+                    warn!(socket = name, reason = e.reason(), peer = %String::from_utf8_lossy(&peer), suppressed, "dropped message: {e}");
+                }
                 continue;
             }
             let copy = topic.map(|t| relay::monitor_copy(t, &msgs));
             let target = msgs[0].to_vec();
-            if let Err(e) = tp::send(dst, msgs) {
-                // Python drops these silently; we count them (an unknown or dead engine).
+            let routed = tp::send(dst, msgs);
+            if let Err(e) = &routed {
+                // Python drops these silently; we count them (an unknown or dead engine, or a
+                // client that went away).
                 self.counters.drop("unroutable");
                 warn!(socket = name, target = %String::from_utf8_lossy(&target), "cannot route: {e}");
-                continue;
             }
-            if let Some(copy) = copy {
+            // A reply's copy goes to the hub even when its client is gone: the engine ran
+            // the task, and a later Client asks the hub for the result (as stock, whose
+            // monitored queue copies every reply). A request that reached no engine is not
+            // copied: the hub would book it as queued on an engine that never saw it.
+            if let Some(copy) = copy.filter(|_| routed.is_ok() || which == Direct::MuxOut) {
                 s.monitor.send(copy);
             }
         }
@@ -515,7 +527,9 @@ impl Scheduler {
             if let Err(e) = relay::check_message(&msgs) {
                 let peer = msgs.first().map(|m| m.to_vec()).unwrap_or_default();
                 self.counters.drop(e.reason());
-                warn!(socket = "iopub", reason = e.reason(), topic = %String::from_utf8_lossy(&peer), "dropped message: {e}");
+                if let Verdict::Log { suppressed } = self.drop_log.check("iopub", Instant::now()) {
+                    warn!(socket = "iopub", reason = e.reason(), topic = %String::from_utf8_lossy(&peer), suppressed, "dropped message: {e}");
+                }
                 continue;
             }
             // The hub records output only for messages with a topic (not iopub_welcome).
@@ -661,7 +675,7 @@ impl Scheduler {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direct {
     MuxIn,
     MuxOut,

@@ -5,6 +5,7 @@
 //! HTTP task reads at scrape time. The registry itself is built once at start-up and is
 //! read-only afterwards, so it is shared without a lock.
 
+pub mod budget;
 pub mod http;
 pub mod labels;
 pub mod logging;

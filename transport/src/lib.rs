@@ -43,6 +43,16 @@ pub fn socket(ctx: &Context, kind: SocketType, identity: Option<&[u8]>) -> Resul
     Ok(s)
 }
 
+/// Bounds what one peer can make a socket hold: `hwm` messages queued each way per peer,
+/// and no inbound frame over `max_frame` bytes (the peer is disconnected first). Set
+/// before the socket binds: high-water marks apply to pipes made afterwards.
+pub fn bound_for_strangers(sock: &Socket, hwm: i32, max_frame: i64) -> Result<()> {
+    sock.set_sndhwm(hwm).map_err(ctx_err("sndhwm", ""))?;
+    sock.set_rcvhwm(hwm).map_err(ctx_err("rcvhwm", ""))?;
+    sock.set_maxmsgsize(max_frame).map_err(ctx_err("maxmsgsize", ""))?;
+    Ok(())
+}
+
 /// Binds `transport://ip:port`; port 0 asks the OS for a free one. Returns the port bound.
 pub fn bind(sock: &Socket, transport: &str, ip: &str, port: u16) -> Result<u16> {
     let addr = if port == 0 { format!("{transport}://{ip}:*") } else { format!("{transport}://{ip}:{port}") };

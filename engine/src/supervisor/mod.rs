@@ -78,6 +78,20 @@ struct Job {
     stop_on_error: bool,
 }
 
+/// Puts the shell requests read in one go (`queue[start..]`) in the order their clients
+/// sent them. The shell socket is one ROUTER connected to the MUX and to the task
+/// scheduler, and libzmq takes turns between its pipes, not arrival order: a push through
+/// the MUX and a load-balanced task sent just after it that both wait here would run
+/// task first half of the time, and the task would not see the pushed name (the
+/// tutorial's `direct_view['CONSTANT'] = 5` then `by_constant.map`). The header `date`
+/// is the client's send time; ISO 8601 stamps from one client compare as strings. The
+/// sort is stable, and requests from different clients have no order to keep.
+fn order_by_send_time(queue: &mut [Job], start: usize) {
+    if queue.len() > start + 1 {
+        queue[start..].sort_by(|a, b| a.header.date.cmp(&b.header.date));
+    }
+}
+
 struct Running {
     job: Job,
     started: String,
@@ -689,9 +703,11 @@ impl Supervisor {
                 break 0;
             }
             if ready[1] {
+                let start = self.queue.len();
                 while let Ok(Some(frames)) = tp::try_recv(&self.shell) {
                     self.on_shell(frames);
                 }
+                order_by_send_time(self.queue.make_contiguous(), start);
             }
             if ready[2] {
                 // Nothing is expected on the registration socket after registering.
@@ -748,5 +764,39 @@ impl Supervisor {
             w.stop();
         }
         self.heart.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(msg_id: &str, date: &str) -> Job {
+        let header = Header { msg_id: msg_id.into(), date: date.into(), ..Header::default() };
+        Job {
+            kind: Kind::Apply,
+            channel: Channel::Shell,
+            idents: vec![],
+            header_raw: vec![],
+            header,
+            meta: RequestMetadata::default(),
+            content_raw: vec![],
+            buffers: vec![],
+            stop_on_error: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_runs_in_send_order_and_earlier_jobs_stay_put() {
+        // queue[0] was read in an earlier poll: it keeps its place though it is "later"
+        let mut q = vec![
+            job("earlier-poll", "2026-12-04T01:00:09.000000Z"),
+            job("task", "2026-12-04T01:00:00.000200Z"),
+            job("push", "2026-12-04T01:00:00.000100Z"),
+            job("task-2", "2026-12-04T01:00:00.000200Z"),
+        ];
+        order_by_send_time(&mut q, 1);
+        let ids: Vec<&str> = q.iter().map(|j| j.header.msg_id.as_str()).collect();
+        assert_eq!(ids, ["earlier-poll", "push", "task", "task-2"]);
     }
 }

@@ -8,6 +8,7 @@ use ippx_protocol::connection;
 use ippx_protocol::header::ParentRef;
 use ippx_protocol::{Envelope, MonitorTopic, Parent, Session};
 use ippx_scheduler::link::MonitorRx;
+use ippx_telemetry::budget::{LogBudgets, Verdict};
 use ippx_transport::{self as tp, zmq, WakeReceiver};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -71,6 +72,9 @@ pub(crate) struct HubIo {
     pub monitor_backlog: bool,
     /// Notifications sent, shared with a scheduler thread.
     pub notifications_published: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Lines about unverifiable messages on the registration socket (a flood is counted
+    /// in full, logged thinly).
+    pub drop_log: LogBudgets,
 }
 
 /// How often the hub's counts are exported to the metrics.
@@ -189,7 +193,9 @@ impl HubIo {
         while let Ok(Some(mut msgs)) = tp::try_recv(&self.socks.pong) {
             if msgs.len() != 2 {
                 self.hub.drop_msg("malformed");
-                warn!(socket = "hb_pong", peer = %peer(&to_vecs(msgs)), "dropped pong with unexpected frame count");
+                if let Verdict::Log { suppressed } = self.drop_log.check("hb_pong", Instant::now()) {
+                    warn!(socket = "hb_pong", peer = %peer(&to_vecs(msgs)), suppressed, "dropped pong with unexpected frame count");
+                }
                 continue;
             }
             self.metrics.received("hb_pong", "pong");
@@ -229,8 +235,17 @@ impl HubIo {
             Err((e, frames)) => {
                 self.metrics.received("registration", "");
                 self.hub.drop_msg(e.reason());
-                warn!(socket = "registration", reason = e.reason(), peer = %who, "dropped message: {e}");
-                // Answer where we can, so a client never waits forever (docs/protocol.md §4.2).
+                if let Verdict::Log { suppressed } = self.drop_log.check("registration", Instant::now()) {
+                    warn!(socket = "registration", reason = e.reason(), peer = %who, suppressed, "dropped message: {e}");
+                }
+                // Only a message whose signature holds is answered: a wrong key, a missing
+                // signature, a replay or broken framing gets nothing (as stock), so a
+                // stranger learns nothing and a flood costs no replies queued to a peer
+                // that may never read them. A signed message whose header does not decode
+                // came from a holder of the key: it gets a hub_error so it never waits.
+                if !matches!(e, ippx_protocol::session::RecvError::Decode(_)) {
+                    return;
+                }
                 let Some(d) = ippx_protocol::wire::find_delim(&frames) else { return };
                 if d == 0 {
                     return;
@@ -255,7 +270,9 @@ impl HubIo {
             Ok(env) => env,
             Err((e, _)) => {
                 self.hub.drop_msg("malformed");
-                warn!(socket = "monitor", topic = %String::from_utf8_lossy(&topic), "dropped copy: {e}");
+                if let Verdict::Log { suppressed } = self.drop_log.check("monitor", Instant::now()) {
+                    warn!(socket = "monitor", topic = %String::from_utf8_lossy(&topic), suppressed, "dropped copy: {e}");
+                }
                 return;
             }
         };
@@ -268,7 +285,9 @@ impl HubIo {
         if !trusted {
             if let Err(e) = self.monitor_session.check(&env, false) {
                 self.hub.drop_msg(e.reason());
-                warn!(socket = "monitor", topic = %String::from_utf8_lossy(&topic), peer = %peer(&idents), "dropped copy: {e}");
+                if let Verdict::Log { suppressed } = self.drop_log.check("monitor", Instant::now()) {
+                    warn!(socket = "monitor", topic = %String::from_utf8_lossy(&topic), peer = %peer(&idents), suppressed, "dropped copy: {e}");
+                }
                 return;
             }
         }
@@ -276,7 +295,9 @@ impl HubIo {
             Ok(h) => h,
             Err(e) => {
                 self.hub.drop_msg(e.reason());
-                warn!(socket = "monitor", "dropped copy: {e}");
+                if let Verdict::Log { suppressed } = self.drop_log.check("monitor", Instant::now()) {
+                    warn!(socket = "monitor", suppressed, "dropped copy: {e}");
+                }
                 return;
             }
         };

@@ -48,6 +48,17 @@ pub struct Controller {
     session_cfg: SessionConfig,
 }
 
+/// Messages queued per peer on the registration/query socket, each way. Every other
+/// controller socket is unbounded (a reply must never be dropped), but this one faces
+/// anyone who can reach the port: a peer that sends without reading, or floods, is held
+/// to this many messages (further inbound waits in its TCP buffer; a reply it does not
+/// read past this is dropped and counted), so it cannot grow the hub's memory.
+const QUERY_HWM: i32 = 1000;
+/// The largest frame a peer may send on that socket; a larger one disconnects the peer
+/// before the frame is buffered. Queries are small: the largest real one, a
+/// `result_request` for 100,000 msg_ids, is about 4 MB.
+const QUERY_MAX_FRAME: i64 = 32 << 20;
+
 impl Controller {
     /// Binds the hub's sockets, starts the scheduler and learns its ports. Nothing is
     /// written to disk yet. `metrics` gets the store's write-batch histogram.
@@ -63,6 +74,7 @@ impl Controller {
         let t = cfg.transport.as_str();
         let p = &plan.ports;
         let registration = tp::socket(&ctx, SocketType::ROUTER, None)?;
+        tp::bound_for_strangers(&registration, QUERY_HWM, QUERY_MAX_FRAME)?;
         let reg_port = tp::bind(&registration, t, &cfg.engine_ip, p.registration)?;
         if cfg.client_ip != cfg.engine_ip {
             tp::bind(&registration, t, &cfg.client_ip, reg_port)?;
@@ -175,6 +187,7 @@ impl Controller {
                 trust_task_copies,
                 monitor_backlog: false,
                 notifications_published,
+                drop_log: ippx_telemetry::budget::LogBudgets::default(),
             };
             if let Err(e) = io.run(stop) {
                 error!("hub socket loop failed: {e:#}");
