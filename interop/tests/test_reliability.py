@@ -6,6 +6,7 @@ before the fix ippx lost the direct ones, because a failed send to the vanished 
 also skipped the reply's copy to the hub)."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,5 +53,87 @@ def test_results_survive_the_submitting_client(ippx_controller):
                 break
             time.sleep(0.1)
         assert queued == 0, st
+    finally:
+        rc.close()
+
+
+def _session(info, key=None):
+    from jupyter_client.session import Session
+
+    return Session(key=(key or info["key"]).encode() if isinstance(key or info["key"], str) else (key or info["key"]),
+                   packer=info["pack"], unpacker=info["unpack"], signature_scheme=info["signature_scheme"])
+
+
+def _dealer(ctx, info, port_key):
+    import zmq
+
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(f"{info['interface']}:{info[port_key]}")
+    return s
+
+
+def test_unknown_requests_cannot_wedge_the_load_balancer(ippx_controller):
+    """Two signed messages of a type no engine answers, on the client's task socket: before,
+    they were scheduled like tasks and, with the default hwm=1, every later load-balanced
+    task hung (stock hangs the same way). Now each gets an error reply and nothing is
+    scheduled."""
+    import zmq
+
+    ippx_controller.start_engines(2)
+    rc = ippx_controller.client()
+    try:
+        rc.wait_for_engines(2, timeout=15)
+        info = ippx_controller.client_info()
+        ctx = zmq.Context()
+        sock = _dealer(ctx, info, "task")
+        sess = _session(info)
+        try:
+            for _ in range(2):
+                sess.send(sock, "frobnicate_request", content={})
+            for _ in range(2):
+                assert sock.poll(5000), "no error reply to an unschedulable request"
+                _, msg = sess.feed_identities(sock.recv_multipart())
+                reply = sess.deserialize(msg)
+                assert reply["header"]["msg_type"] == "frobnicate_reply", reply["header"]
+                assert reply["content"]["ename"] == "UnknownMessageType", reply["content"]
+        finally:
+            sock.close(0)
+            ctx.term()
+        lview = rc.load_balanced_view()
+        ar = lview.map_async(abs, range(-8, 0))
+        assert ar.get(timeout=20) == list(range(8, 0, -1))
+    finally:
+        rc.close()
+
+
+def test_a_broadcast_with_the_wrong_key_runs_nowhere(ippx_controller, tmp_path):
+    """The broadcast scheduler re-signs what it passes to the engines, so it must verify
+    first: a request signed with another key never reaches an engine."""
+    import zmq
+    from ipyparallel.serialize import pack_apply_message
+
+    ippx_controller.start_engines(2)
+    rc = ippx_controller.client()
+    try:
+        rc.wait_for_engines(2, timeout=15)
+        info = ippx_controller.client_info()
+        marker = tmp_path / "forged-ran"
+        bufs = pack_apply_message(open, (str(marker), "w"), {})
+        ctx = zmq.Context()
+        sock = _dealer(ctx, info, "broadcast")
+        forger = _session(info, key=b"not-the-key")
+        try:
+            # what BroadcastView._init_metadata sends: (engine uuid, engine id) pairs
+            md = {"targets": [[uuid.decode() if isinstance(uuid, bytes) else uuid, eid] for eid, uuid in rc._engines.items()],
+                  "is_broadcast": True, "is_coalescing": False}
+            forger.send(sock, "apply_request", content={}, buffers=bufs, metadata=md)
+            assert not sock.poll(1500), "a forged broadcast was answered"
+        finally:
+            sock.close(0)
+            ctx.term()
+        assert not marker.exists(), "a broadcast signed with the wrong key ran on an engine"
+        # a real one still works
+        assert len(set(rc.broadcast_view().apply_sync(os.getpid))) == 2
     finally:
         rc.close()

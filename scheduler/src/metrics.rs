@@ -12,7 +12,9 @@ pub const SOCKETS: &[&str] =
     &["mux_in", "mux_out", "control_in", "control_out", "iopub", "task_in", "task_out", "broadcast_in", "broadcast_out", "notification", "query"];
 
 /// Reasons a message is dropped; a fixed set keeps label cardinality bounded.
-pub const REASONS: &[&str] = &["bad_signature", "malformed", "replay", "unknown", "unroutable", "duplicate"];
+/// `refused`: a signed request the task queue does not schedule (answered with an error);
+/// `too_large`: a header or metadata frame over the task queue's limits (answered too).
+pub const REASONS: &[&str] = &["bad_signature", "malformed", "replay", "unknown", "unroutable", "duplicate", "refused", "too_large"];
 
 #[derive(Clone, Default)]
 pub struct Counters {

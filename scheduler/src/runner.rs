@@ -559,25 +559,33 @@ impl Scheduler {
         Some(r)
     }
 
+    /// The frames of a message whose signature holds and which is not a replay, or `None`
+    /// (counted and logged). The task and broadcast schedulers re-sign what they pass on,
+    /// so anything they take unverified would reach the engines as if from a key holder.
+    fn verified(&mut self, socket: &'static str, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        let peer = frames.first().cloned().unwrap_or_default();
+        match ippx_protocol::Envelope::parse(frames) {
+            Ok(env) => match self.session.check(&env, true) {
+                Ok(()) => Some(env.into_frames()),
+                Err(e) => {
+                    self.drop_msg(socket, e.reason(), &peer, &e);
+                    None
+                }
+            },
+            Err((e, _)) => {
+                self.drop_msg(socket, "malformed", &peer, &e);
+                None
+            }
+        }
+    }
+
     /// A submission (from a client) or a reply (from an engine) for the task scheduler.
     fn forward_to_task_scheduler(&mut self, frames: Vec<Vec<u8>>, from_engine: bool) {
         let peer = frames.first().cloned().unwrap_or_default();
         // As Python's scheduler does (Session.deserialize), submissions and replies are
         // verified, with the replay check, before anything is scheduled: a forged task must
         // not take an engine's hwm slot, nor a forged reply complete a task.
-        let frames = match ippx_protocol::Envelope::parse(frames) {
-            Ok(env) => match self.session.check(&env, true) {
-                Ok(()) => env.into_frames(),
-                Err(e) => {
-                    self.drop_msg("task", e.reason(), &peer, &e);
-                    return;
-                }
-            },
-            Err((e, _)) => {
-                self.drop_msg("task", "malformed", &peer, &e);
-                return;
-            }
-        };
+        let Some(frames) = self.verified("task", frames) else { return };
         let now = Instant::now();
         let r = self.task_call(|task, out| if from_engine { task.engine_reply(frames, now, out) } else { task.submit(frames, now, out) });
         if let Some(Err(e)) = r {
@@ -657,6 +665,8 @@ impl Scheduler {
             };
             let frames = frames_of(msgs);
             let peer = frames.first().cloned().unwrap_or_default();
+            // As for load-balanced tasks: a broadcast runs code on every engine.
+            let Some(frames) = self.verified("broadcast", frames) else { continue };
             let mut out = BOut { socks: &self.socks, counters: &mut self.counters };
             let r = match leaf {
                 None => {

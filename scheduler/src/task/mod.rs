@@ -35,6 +35,7 @@
 //! every engine is full. The rest is the protocol work the interface requires (unpacking
 //! two dicts per message, one signed `task_destination`, copying frames for the hub).
 
+pub mod admission;
 mod dependency;
 mod ids;
 mod replies;
@@ -130,6 +131,10 @@ pub enum TaskError {
     UnknownTask(String),
     #[error("reply for task {msg_id:?} from engine {engine:?}, which is not running it")]
     WrongEngine { msg_id: String, engine: String },
+    #[error("refused (answered MessageTooLarge): {0}")]
+    TooLarge(String),
+    #[error("refused (answered UnknownMessageType): {0:?} is not apply_request or execute_request")]
+    NotSchedulable(String),
 }
 
 impl TaskError {
@@ -138,6 +143,8 @@ impl TaskError {
         match self {
             TaskError::DuplicateMsgId(_) => "duplicate",
             TaskError::UnknownTask(_) | TaskError::WrongEngine { .. } => "unknown",
+            TaskError::TooLarge(_) => "too_large",
+            TaskError::NotSchedulable(_) => "refused",
             _ => "malformed",
         }
     }
@@ -244,6 +251,8 @@ struct Destination<'a> {
 #[derive(Deserialize)]
 struct HeaderId {
     msg_id: String,
+    #[serde(default)]
+    msg_type: String,
 }
 
 #[derive(Deserialize, Default)]

@@ -12,7 +12,7 @@ impl TaskScheduler {
     /// `[client_id, DELIM, sig, header, parent, metadata, content, bufs...]`.
     pub fn submit(&mut self, frames: Frames, now: Instant, out: &mut impl TaskOutbox) -> Result<(), TaskError> {
         let delim = split(&frames, 1)?;
-        let header: HeaderId = self.unpack("header", &frames[delim + 2])?;
+        let header = self.admit(&frames, delim, out)?;
         let md: RequestMetadata = self.unpack("metadata", &frames[delim + 4])?;
         if self.live.contains_key(header.msg_id.as_str()) || self.history.contains(&header.msg_id) {
             return Err(TaskError::DuplicateMsgId(header.msg_id));

@@ -1176,3 +1176,52 @@ fn a_running_job_learns_outcomes_it_did_not_wait_for() {
     let sj = h.sent_one();
     assert_eq!((sj.msg_id.as_str(), sj.uuid.as_str()), (j.as_str(), "A"));
 }
+
+// ---------------------------------------------------------------------------- admission (issue 14)
+
+#[test]
+fn a_request_no_engine_answers_is_refused_not_scheduled() {
+    let mut h = H::new(Scheme::LeastLoad, 1);
+    h.add("e0");
+    for t in ["frobnicate_request", "kernel_info_request"] {
+        let (hdr, frames) = h.client.serialize(vec![CLIENT.to_vec()], t, Parent::None, &Value::map(), &Value::map(), vec![]).expect("serialize");
+        let e = h.s.submit(frames, h.now, &mut h.out).expect_err("refused");
+        assert_eq!(e.reason(), "refused");
+        h.s.check_invariants();
+        let r = h.replies();
+        assert_eq!(r.len(), 1, "the sender is answered");
+        assert_eq!(r[0].header.msg_type, t.replace("_request", "_reply"));
+        assert_eq!(r[0].parent.get("msg_id").as_str(), Some(hdr.msg_id.as_str()));
+        assert_eq!(r[0].content.get("ename").as_str(), Some("UnknownMessageType"));
+        assert!(h.sent().is_empty(), "nothing reaches an engine");
+        assert!(h.hub().is_empty(), "the hub records nothing");
+    }
+    // with hwm=1 the engine slot is still free: a real task runs at once
+    h.submit(Value::map());
+    assert_eq!(h.sent_one().uuid, "e0");
+}
+
+#[test]
+fn an_oversized_header_or_metadata_is_refused_before_it_is_parsed() {
+    let mut h = H::new(Scheme::LeastLoad, 1);
+    h.add("e0");
+    // metadata over the limit: answered as the request's reply, with its parent
+    let big = vmap! {"after" => Value::Array(vec![Value::from("x".repeat(1000)); admission::MAX_METADATA / 1000 + 1])};
+    let (id, frames) = h.request(&big);
+    let e = h.s.submit(frames, h.now, &mut h.out).expect_err("refused");
+    assert_eq!(e.reason(), "too_large");
+    let r = h.replies();
+    assert_eq!((r[0].header.msg_type.as_str(), r[0].parent.get("msg_id").as_str()), ("apply_reply", Some(id.as_str())));
+    assert_eq!(r[0].content.get("ename").as_str(), Some("MessageTooLarge"));
+    // a header over the limit: not even unpacked (a garbage frame of that size is refused alike)
+    let (_, mut frames) = h.request(&Value::map());
+    let d = find_delim(&frames).expect("delim");
+    frames[d + 2] = vec![b'x'; admission::MAX_HEADER + 1];
+    let e = h.s.submit(frames, h.now, &mut h.out).expect_err("refused");
+    assert_eq!(e.reason(), "too_large");
+    let r = h.replies();
+    assert_eq!(r[0].content.get("ename").as_str(), Some("MessageTooLarge"));
+    assert_eq!(r[0].parent, Value::map());
+    assert!(h.sent().is_empty() && h.hub().is_empty());
+    h.s.check_invariants();
+}
