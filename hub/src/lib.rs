@@ -7,6 +7,7 @@ pub mod controller;
 pub mod deploy;
 pub mod heart;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod profile;
 pub mod records;

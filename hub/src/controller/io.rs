@@ -355,6 +355,11 @@ impl HubIo {
                 HubOut::Shutdown => {
                     let _ = self.events.send(Event::ShutdownRequested);
                 }
+                HubOut::ReleaseMemory => {
+                    let t = Instant::now();
+                    crate::memory::release();
+                    debug!(took = ?t.elapsed(), "released freed memory after a purge");
+                }
                 HubOut::Submit { header, content, buffers } => {
                     match self.session.serialize_with_header(
                         vec![],

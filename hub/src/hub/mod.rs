@@ -77,6 +77,8 @@ pub enum HubOut {
     /// The loop signs it with `header` as given and `parent_header` equal to it; replies
     /// to the hub's own submissions are discarded.
     Submit { header: Header, content: Value, buffers: Vec<Vec<u8>> },
+    /// Records were purged: hand the freed memory back to the OS ([`crate::memory`]).
+    ReleaseMemory,
 }
 
 /// The hub's only way to act. The socket loop implements it; tests record into a Vec.

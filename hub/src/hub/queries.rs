@@ -89,8 +89,11 @@ impl Hub {
                 reply(out, t, c, bufs);
             }
             Request::Purge(req) => {
-                let c = self.purge(&req);
+                let (c, removed) = self.purge(&req);
                 reply(out, t, c, vec![]);
+                if removed > 0 {
+                    out.push(HubOut::ReleaseMemory);
+                }
             }
             Request::Resubmit(req) => match self.resubmit(&req, now.wall) {
                 Ok((submits, mapping)) => {
@@ -324,16 +327,17 @@ impl Hub {
     }
 
     /// `purge_request` (docs/protocol.md §4.3.5). The hub's own counters are not purged.
-    fn purge(&mut self, req: &Value) -> Value {
+    fn purge(&mut self, req: &Value) -> (Value, usize) {
+        let mut removed = 0;
         let completed = || Query::default().with(Field::Completed, Op::Ne, Q::Nil);
         let ids: Vec<String> = match req.get("msg_ids") {
             Value::Str(s) if s == "all" => {
                 return match self.store.remove(&completed()) {
                     Ok(n) => {
                         info!(records = n, "purged all completed records");
-                        vmap! {"status" => "ok"}
+                        (vmap! {"status" => "ok"}, n)
                     }
-                    Err(e) => store_error(&e),
+                    Err(e) => (store_error(&e), 0),
                 };
             }
             Value::Str(s) => vec![s.clone()],
@@ -341,12 +345,15 @@ impl Hub {
             _ => Vec::new(),
         };
         if let Some(p) = ids.iter().find(|id| self.book.is_pending(id)) {
-            return error_value("IndexError", format!("msg pending: '{p}'"));
+            return (error_value("IndexError", format!("msg pending: '{p}'")), 0);
         }
         if !ids.is_empty() {
             match self.store.remove(&Query::ids(&ids)) {
-                Ok(n) => info!(records = n, "purged records by id"),
-                Err(e) => return store_error(&e),
+                Ok(n) => {
+                    info!(records = n, "purged records by id");
+                    removed += n;
+                }
+                Err(e) => return (store_error(&e), removed),
             }
         }
         let engine_ids: Vec<Value> = match req.get("engine_ids") {
@@ -358,14 +365,17 @@ impl Hub {
             let uuid = eid.as_i64().and_then(|i| u64::try_from(i).ok()).and_then(|i| self.reg.get(EngineId(i))).map(|e| e.uuid.clone());
             let Some(uuid) = uuid else {
                 let shown = eid.as_i64().map_or_else(|| format!("{eid:?}"), |i| i.to_string());
-                return error_value("IndexError", format!("No such engine: {shown}"));
+                return (error_value("IndexError", format!("No such engine: {shown}")), removed);
             };
             match self.store.remove(&completed().with(Field::EngineUuid, Op::Eq, Q::Str(uuid))) {
-                Ok(n) => info!(records = n, engine = ?eid, "purged an engine's records"),
-                Err(e) => return store_error(&e),
+                Ok(n) => {
+                    info!(records = n, engine = ?eid, "purged an engine's records");
+                    removed += n;
+                }
+                Err(e) => return (store_error(&e), removed),
             }
         }
-        vmap! {"status" => "ok"}
+        (vmap! {"status" => "ok"}, removed)
     }
 
     /// A msg_id for a message the hub sends itself (Python's `{session}_{pid}_{n}` shape).
