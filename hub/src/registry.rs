@@ -118,6 +118,11 @@ impl Registry {
         self.engines.len()
     }
 
+    /// Registrations waiting for their engine's first heartbeat.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.engines.is_empty()
     }

@@ -103,6 +103,22 @@ fn duplicate_uuid_gets_an_error_reply() {
 }
 
 #[test]
+fn registrations_beyond_the_fd_room_are_refused_clearly() {
+    let t0 = Now::system();
+    let mut hub = Hub::new(HubSettings { max_engines: 2, ..settings() }, t0.at);
+    let mut p = Peer::new();
+    register(&mut hub, &mut p, "e0", t0);
+    // one registered and one waiting for its heart fill the room
+    let out = query(&mut hub, &mut p, "registration_request", vmap! {"uuid" => "e1"}, t0);
+    assert_eq!(reply_content(&out, "registration_reply").get("status").as_str(), Some("ok"));
+    let out = query(&mut hub, &mut p, "registration_request", vmap! {"uuid" => "e2"}, t0);
+    let c = reply_content(&out, "registration_reply");
+    assert_eq!(c.get("status").as_str(), Some("error"));
+    assert!(c.get("evalue").as_str().is_some_and(|v| v.contains("file-descriptor limit")), "{c:?}");
+    assert_eq!(hub.registry().len(), 1, "the engines already there are untouched");
+}
+
+#[test]
 fn stopped_heart_unregisters_with_notification() {
     let t0 = Now::system();
     let mut hub = Hub::new(settings(), t0.at);

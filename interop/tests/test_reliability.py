@@ -7,10 +7,13 @@ also skipped the reply's copy to the hub)."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 SUBMIT_AND_DIE = textwrap.dedent(
     """
@@ -175,5 +178,46 @@ def test_memory_comes_back_after_a_purge(ippx_controller):
         print(f"\nhub RSS: {before:.0f} MB before, {peak:.0f} MB after {n} push+pull of {mb} MB, {after:.0f} MB after purge_everything")
         assert peak - before > n * mb, "the records did not hold the buffers (the test measures nothing)"
         assert after - before < 0.25 * (peak - before), f"RSS {after:.0f} MB after the purge (started at {before:.0f}, peak {peak:.0f})"
+    finally:
+        rc.close()
+
+
+def test_fd_limit_refuses_extra_engines_clearly(ippx_controller_factory, monkeypatch):
+    """At start the hub raises its soft RLIMIT_NOFILE to the hard limit and logs how many
+    engines that leaves room for (about 8 connections each); an engine beyond it gets a
+    registration error that says why, and the engines already there keep working. Here
+    the hard limit is made small with prlimit so that the room is a few engines."""
+    import re
+    import shutil
+
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit (util-linux) not installed")
+    from conftest import controller_argv
+
+    hub = controller_argv()
+    monkeypatch.setenv("IPPX_CONTROLLER_CMD", shlex.join(["prlimit", "--nofile=120:160", *hub]))
+    ctl = ippx_controller_factory()
+    m = None
+    deadline = time.monotonic() + 5
+    while m is None and time.monotonic() < deadline:
+        m = re.search(r"file descriptors: room for (\d+) engines", ctl.controller_log.read_text())
+        time.sleep(0.1)
+    assert m, "the hub did not log its engine room"
+    room = int(m[1])
+    assert "limit=160" in ctl.controller_log.read_text(), "the soft limit was not raised to the hard one"
+    assert 1 <= room <= 8, f"room for {room} engines under a hard limit of 160"
+    ctl.start_ippx_engines(room + 1)
+    rc = ctl.client()
+    try:
+        rc.wait_for_engines(room, timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and all(p.poll() is None for p in ctl.engines):
+            time.sleep(0.1)
+        refused = [p for p in ctl.engines if p.poll() is not None]
+        assert len(refused) == 1, "exactly one engine over the room is turned away"
+        logs = "".join((ctl.log_dir / f"ippx-engine-{i}.log").read_text(errors="replace") for i in range(room + 1))
+        assert "file-descriptor limit" in logs, "the refused engine does not say why"
+        assert len(rc.ids) == room
+        assert len(set(rc[:].apply_sync(os.getpid))) == room
     finally:
         rc.close()

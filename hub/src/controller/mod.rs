@@ -8,6 +8,7 @@
 //! * [`launch`]: the scheduler in its three modes;
 //! * [`io`]: the socket loop.
 
+pub mod fdlimit;
 pub mod io;
 pub mod launch;
 pub mod plan;
@@ -115,7 +116,10 @@ impl Controller {
         tp::connect(&submit, &local_url(t, &cfg.client_ip, bound.client.task))?;
 
         let (engine_file, client_file) = plan::connection_files(cfg, &plan, &bound);
-        let settings = plan::hub_settings(cfg, &plan, &engine_file);
+        let mut settings = plan::hub_settings(cfg, &plan, &engine_file);
+        // Measured after binding and starting the scheduler, so what is open now counts.
+        let per_engine = if in_process { fdlimit::PER_ENGINE_WITH_SCHEDULER } else { fdlimit::PER_ENGINE_HUB_ONLY };
+        settings.max_engines = fdlimit::plan(per_engine);
         let store = crate::store::open(cfg.store_config(&profile.dir, metrics.sqlite_batch_seconds()))?;
         let mut hub = Hub::with_store(settings, store, Instant::now());
         if cfg.restore {

@@ -103,6 +103,10 @@ pub struct HubSettings {
     pub limits: Limits,
     /// `--nodb`: [`Hub::new`] keeps no records; reads fail as stock NoDB does.
     pub nodb: bool,
+    /// Engines the process's file-descriptor limit leaves room for
+    /// ([`crate::controller::fdlimit`]); registrations beyond it are refused with a
+    /// clear error rather than left to fail somewhere in libzmq.
+    pub max_engines: usize,
 }
 
 /// Counters for logs and metrics.

@@ -50,6 +50,14 @@ impl Hub {
                 let engines = self.reg.engines().map(|e| (e.id.to_string(), e.uuid.clone())).collect();
                 reply(out, t, to_value(&ConnectionReply { status: "ok".into(), engines }), vec![]);
             }
+            Request::Registration(req) if self.reg.len() + self.reg.pending_len() >= self.s.max_engines => {
+                let evalue = format!(
+                    "the controller has room for {} engines: its file-descriptor limit (ulimit -n) is reached; raise it and restart the controller",
+                    self.s.max_engines
+                );
+                warn!(uuid = %req.uuid, engines = self.reg.len(), "registration refused: {evalue}");
+                reply(out, t, error_value("RuntimeError", evalue), vec![]);
+            }
             Request::Registration(req) => match self.reg.request(&req.uuid, req.id, now.at + self.s.registration_timeout) {
                 Ok(id) => {
                     info!(engine = %id, uuid = %req.uuid, "registration requested; waiting for its heart");

@@ -30,6 +30,7 @@ pub fn settings(nodb: bool, limits: Limits, broadcast: Vec<u16>) -> HubSettings 
         packer: Packer::Msgpack,
         limits,
         nodb,
+        max_engines: usize::MAX,
     }
 }
 

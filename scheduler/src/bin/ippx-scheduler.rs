@@ -16,6 +16,12 @@ fn main() -> anyhow::Result<()> {
     if args.lifeline {
         die_with_parent();
     }
+    // Each engine holds 5 connections to the schedulers (MUX, control, task, IOPub,
+    // broadcast): take the hard file-descriptor limit, as the hub does.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "file descriptors: room for about {} engines", n.saturating_sub(64) / 5),
+        Err(e) => tracing::warn!("cannot raise the file-descriptor limit: {e}"),
+    }
     let key = match &args.keyfile {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned(),
         None => std::env::var("IPPX_SESSION_KEY").unwrap_or_default(),
