@@ -71,6 +71,8 @@ pub struct HubConfig {
     pub broadcast_depth: u32,
     pub reuse: bool,
     pub restore: bool,
+    /// Re-admit engines whose heart stopped and came back (`--no-readmit`: stock's way).
+    pub readmit: bool,
     pub packer: Packer,
     pub unpacker: Option<Packer>,
     pub key: Option<String>,
@@ -139,6 +141,7 @@ impl Default for HubConfig {
             broadcast_depth: 1,
             reuse: false,
             restore: false,
+            readmit: true,
             packer: Packer::Msgpack,
             unpacker: None,
             key: None,
@@ -299,6 +302,7 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
         "BaseIPythonApplication.ipython_dir" => cfg.ipython_dir = Some(PathBuf::from(v)),
         "Application.log_level" | "IPController.log_level" => cfg.log_level = v,
         // ippx's own settings, named as traits so that every layer parses them here.
+        "IPPX.readmit" => cfg.readmit = parse_bool(name, &v)?,
         "IPPX.log_format" => cfg.log_format = v.parse().map_err(|e| CliError(format!("--log-format: {e}")))?,
         "IPPX.scheduler_mode" => cfg.scheduler_mode = v.parse().map_err(|e| CliError(format!("--scheduler-mode: {e}")))?,
         "IPPX.metrics_addr" => cfg.metrics_addr = Some(parse_addr("metrics-addr", &v)?),
@@ -372,6 +376,8 @@ pub fn parse_args(cfg: &mut HubConfig, args: &[String]) -> Result<Action, CliErr
             "secure" => Some(|c: &mut HubConfig| c.secure = true),
             "no-secure" => Some(|c: &mut HubConfig| c.secure = false),
             "no-scheduler" => Some(|c: &mut HubConfig| c.no_scheduler = true),
+            "readmit" => Some(|c: &mut HubConfig| c.readmit = true),
+            "no-readmit" => Some(|c: &mut HubConfig| c.readmit = false),
             "usethreads" | "init" | "log-to-file" | "clean-logs" => Some(|_: &mut HubConfig| {}),
             "mongodb" => Some(|c: &mut HubConfig| {
                 c.warnings.push("--mongodb is not supported by ippx; using the in-memory store".into());
@@ -594,6 +600,8 @@ Usage: ippx-hub [options]
   --scheme=NAME           {schemes}
   --hwm=N                 tasks an engine may hold (default 1, 0 = unlimited)
   --reuse, --restore      reuse connection files / restore engines after a crash
+  --no-readmit            an engine declared dead stays out when its heart answers
+                          again (stock); by default it is re-admitted under its id
   --Session.packer=NAME   msgpack (default) or json
   --Session.key=KEY, --keyfile=PATH, --no-secure
   --Class.trait=VALUE     any ipcontroller trait; unknown ones are ignored with a warning

@@ -40,7 +40,8 @@ const OTHER_KNOWN_TYPES: &[&str] = &[
 ];
 
 /// Drop reasons, fixed up front so dashboards show zeros rather than gaps.
-pub const REASONS: &[&str] = &["bad_signature", "malformed", "replay", "unknown"];
+/// `late`: a reply from a re-admitted engine to a request already failed with EngineError.
+pub const REASONS: &[&str] = &["bad_signature", "malformed", "replay", "unknown", "late"];
 
 pub fn type_label(msg_type: &str) -> &'static str {
     Request::TYPES.iter().map(|(t, _)| *t).chain(OTHER_KNOWN_TYPES.iter().copied()).find(|t| *t == msg_type).unwrap_or("other")
@@ -50,6 +51,7 @@ pub type Histograms = Family<QueueLabel, Histogram, fn() -> Histogram>;
 
 pub struct HubMetrics {
     engines_registered: Counter,
+    engines_readmitted: Counter,
     engines_lost: Counter,
     engines_connected: Gauge,
     submitted: Family<QueueLabel, Counter>,
@@ -90,6 +92,7 @@ impl HubMetrics {
     pub fn new() -> Self {
         HubMetrics {
             engines_registered: Counter::default(),
+            engines_readmitted: Counter::default(),
             engines_lost: Counter::default(),
             engines_connected: Gauge::default(),
             submitted: Family::default(),
@@ -122,6 +125,11 @@ impl HubMetrics {
         ippx_telemetry::register_build_info(registry, "hub");
         let r = registry.sub_registry_with_prefix("ippx");
         r.register("engines_registered", "Engines whose registration completed", self.engines_registered.clone());
+        r.register(
+            "engines_readmitted",
+            "Engines declared dead whose heart answered again, registered again under their id",
+            self.engines_readmitted.clone(),
+        );
         r.register("engines_lost", "Engines unregistered (exit, crash or stopped heart)", self.engines_lost.clone());
         r.register("engines_connected", "Engines currently registered", self.engines_connected.clone());
         r.register("tasks_submitted", "Requests seen by the hub, by queue (mux, task)", self.submitted.clone());
@@ -187,6 +195,7 @@ impl HubMetrics {
         let s = &mut hub.stats;
         let latencies = std::mem::take(&mut s.latencies);
         let (registered, unregistered, missed, queries) = (s.registered, s.unregistered, s.missed_beats, s.queries);
+        let readmitted = s.readmitted;
         let dropped: Vec<(&'static str, u64)> = s.dropped.iter().map(|(k, v)| (*k, *v)).collect();
         let submitted: Vec<(&'static str, u64)> = s.submitted.iter().map(|(k, v)| (*k, *v)).collect();
         let completed: Vec<((&'static str, &'static str), u64)> = s.completed.iter().map(|(k, v)| (*k, *v)).collect();
@@ -199,6 +208,8 @@ impl HubMetrics {
         }
         let c = self.engines_registered.clone();
         self.add("registered".into(), registered, &c);
+        let c = self.engines_readmitted.clone();
+        self.add("readmitted".into(), readmitted, &c);
         let c = self.engines_lost.clone();
         self.add("unregistered".into(), unregistered, &c);
         let c = self.missed_beats.clone();

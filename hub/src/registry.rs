@@ -43,6 +43,9 @@ pub struct Registry {
     next_id: u64,
     /// Every id ever registered: `queue_request` with null targets lists them all (docs/protocol.md §4.3.1).
     ever: BTreeSet<EngineId>,
+    /// Engines whose heart stopped (not those that unregistered or shut down), by uuid:
+    /// one whose heart answers again is re-admitted under its id ([`Registry::readmit`]).
+    lost: HashMap<String, EngineId>,
 }
 
 impl Registry {
@@ -100,6 +103,34 @@ impl Registry {
             Some(p) => Unregistered::Pending(p),
             None => Unregistered::Unknown,
         }
+    }
+
+    /// The engine's heart stopped; it may come back after a network blip or SIGSTOP.
+    pub fn mark_lost(&mut self, e: &Engine) {
+        self.lost.insert(e.uuid.clone(), e.id);
+    }
+
+    pub fn is_lost(&self, uuid: &str) -> bool {
+        self.lost.contains_key(uuid)
+    }
+
+    /// A lost engine whose heart answers again takes its old id back, unless a new
+    /// registration has taken that id meanwhile (then it stays out, as on stock).
+    pub fn readmit(&mut self, uuid: &str) -> Option<Engine> {
+        let id = self.lost.remove(uuid)?;
+        let taken = self.engines.contains_key(&id) || self.pending.values().any(|p| p.id == id) || self.by_uuid.contains_key(uuid);
+        if taken {
+            return None;
+        }
+        let e = Engine { id, uuid: uuid.to_owned() };
+        self.by_uuid.insert(e.uuid.clone(), id);
+        self.engines.insert(id, e.clone());
+        Some(e)
+    }
+
+    /// A lost engine that said goodbye after all (its nanny's unregistration).
+    pub fn forget_lost(&mut self, id: EngineId) {
+        self.lost.retain(|_, v| *v != id);
     }
 
     pub fn by_uuid(&self, uuid: &str) -> Option<&Engine> {
@@ -171,6 +202,33 @@ mod tests {
 
     fn t() -> Instant {
         Instant::now()
+    }
+
+    #[test]
+    fn a_lost_engine_is_readmitted_under_its_id_unless_taken() {
+        let t = Instant::now();
+        let mut r = Registry::default();
+        let id = r.request("a", None, t).expect("id");
+        let e = r.complete("a").expect("engine");
+        assert!(matches!(r.unregister(id), Unregistered::Engine(_)));
+        r.mark_lost(&e);
+        assert!(r.is_lost("a"));
+        assert_eq!(r.readmit("a"), Some(Engine { id, uuid: "a".into() }));
+        assert_eq!(r.by_uuid("a").map(|e| e.id), Some(id));
+        assert_eq!(r.readmit("a"), None, "once");
+        // lost again, and a new engine asks for that id meanwhile
+        r.unregister(id);
+        r.mark_lost(&e);
+        r.request("b", Some(id.0 as i64), t).expect("requested id");
+        assert_eq!(r.readmit("a"), None, "the id is someone else's now");
+        assert!(!r.is_lost("a"));
+        // a lost engine's nanny unregisters it for good
+        let c = r.request("c", None, t).expect("id");
+        let ce = r.complete("c").expect("engine");
+        r.unregister(c);
+        r.mark_lost(&ce);
+        r.forget_lost(c);
+        assert_eq!(r.readmit("c"), None);
     }
 
     #[test]

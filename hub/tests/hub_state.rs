@@ -136,6 +136,71 @@ fn stopped_heart_unregisters_with_notification() {
     assert_eq!(hub.registry().len(), 0);
 }
 
+/// Lets `e0`'s heart stop until the hub declares it dead; returns the time then.
+fn lose(hub: &mut Hub, t0: Now) -> Now {
+    let mut all = Vec::new();
+    let mut t = t0;
+    for _ in 0..6 {
+        t += PERIOD;
+        hub.tick(t, &mut all);
+    }
+    assert!(all.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "unregistration_notification", .. })));
+    t
+}
+
+#[test]
+fn a_lost_engine_whose_heart_answers_again_is_readmitted_under_its_id() {
+    let t0 = Now::system();
+    let mut hub = Hub::new(settings(), t0.at);
+    let mut p = Peer::new();
+    let id = register(&mut hub, &mut p, "e0", t0);
+    let t = lose(&mut hub, t0);
+    assert_eq!(hub.registry().len(), 0);
+    // the link is back: the engine's heart answers the next ping
+    let mut out = Vec::new();
+    hub.tick(t + PERIOD, &mut out);
+    let ping = last_ping(&out);
+    let mut out = Vec::new();
+    hub.pong(b"e0", &ping, &mut out);
+    assert!(
+        out.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "registration_notification", content, .. }
+            if content.get("id").as_i64() == Some(id as i64) && content.get("uuid").as_str() == Some("e0"))),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, HubOut::SaveState(s) if s.engines.get("0").map(String::as_str) == Some("e0"))));
+    assert_eq!(hub.registry().by_uuid("e0").map(|e| e.id.0), Some(id));
+    assert_eq!(hub.stats.readmitted, 1);
+    // its heart is tracked again: it can be lost a second time
+    let t = lose(&mut hub, t + PERIOD);
+    assert_eq!(hub.registry().len(), 0);
+    // ... and after its nanny unregistered it, it stays out (it is gone for good)
+    let _ = query(&mut hub, &mut Peer::new(), "unregistration_request", vmap! {"id" => id as i64}, t);
+    let mut out = Vec::new();
+    hub.tick(t + PERIOD, &mut out);
+    let ping = last_ping(&out);
+    let mut out = Vec::new();
+    hub.pong(b"e0", &ping, &mut out);
+    hub.tick(t + PERIOD * 2, &mut out);
+    assert!(!out.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "registration_notification", .. })));
+}
+
+#[test]
+fn with_readmit_off_a_lost_engine_stays_out_as_on_stock() {
+    let t0 = Now::system();
+    let mut hub = Hub::new(HubSettings { readmit: false, ..settings() }, t0.at);
+    let mut p = Peer::new();
+    register(&mut hub, &mut p, "e0", t0);
+    let t = lose(&mut hub, t0);
+    let mut out = Vec::new();
+    hub.tick(t + PERIOD, &mut out);
+    let ping = last_ping(&out);
+    let mut out = Vec::new();
+    hub.pong(b"e0", &ping, &mut out);
+    hub.tick(t + PERIOD * 2, &mut out);
+    assert!(!out.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "registration_notification", .. })));
+    assert_eq!(hub.registry().len(), 0);
+}
+
 #[test]
 fn nanny_unregistration_sends_no_reply() {
     let t0 = Now::system();

@@ -221,3 +221,47 @@ def test_fd_limit_refuses_extra_engines_clearly(ippx_controller_factory, monkeyp
         assert len(set(rc[:].apply_sync(os.getpid))) == room
     finally:
         rc.close()
+
+
+@pytest.mark.parametrize("kind", ["ipengine", "ippx-engine"])
+def test_an_engine_back_from_a_blip_is_readmitted(ippx_controller, kind):
+    """ipython #6444, #9882: an engine whose heartbeats stop long enough to be declared
+    dead (here SIGSTOP for 4 s against --ping=250, so 2.5 s of silence is death), and that
+    is alive when they return, comes back under its old id: the Client sees it again
+    (registration_notification), the load balancer uses it again. On stock it stays an
+    orphan."""
+    import signal
+
+    start = ippx_controller.start_engines if kind == "ipengine" else ippx_controller.start_ippx_engines
+    start(2)
+    rc = ippx_controller.client()
+    try:
+        rc.wait_for_engines(2, timeout=30)
+        pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid)))
+        victim = rc.ids[0]
+        # the process holding the heart: a stock engine itself (its nanny is another
+        # process); ippx-engine's supervisor, the parent of the Python worker that answers
+        from e2e_util import ppid
+
+        heart = pids[victim] if kind == "ipengine" else ppid(pids[victim])
+        os.kill(heart, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 15
+            while victim in rc.ids and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert victim not in rc.ids, "the stopped engine was never declared dead"
+            time.sleep(1.0)
+        finally:
+            os.kill(heart, signal.SIGCONT)
+        t0 = time.monotonic()
+        while victim not in rc.ids and time.monotonic() < t0 + 15:
+            time.sleep(0.02)
+        back = time.monotonic() - t0
+        print(f"\n[{kind}] engine {victim} re-admitted {back:.2f} s after SIGCONT")
+        assert victim in rc.ids, "the engine did not come back"
+        assert rc[victim].apply_sync(os.getpid) == pids[victim], "a different process answered under the old id"
+        lview = rc.load_balanced_view()
+        ran_on = {ar.get(timeout=20) for ar in [lview.apply_async(os.getpid) for _ in range(40)]}
+        assert pids[victim] in ran_on, "the load balancer never used the re-admitted engine"
+    finally:
+        rc.close()

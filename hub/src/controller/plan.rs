@@ -157,6 +157,7 @@ pub fn hub_settings(cfg: &HubConfig, plan: &Plan, engine_file: &EngineConnection
         limits: Limits { record_limit: cfg.record_limit, size_limit: cfg.size_limit, cull_fraction: cfg.cull_fraction },
         nodb: cfg.db == DbBackend::None,
         max_engines: usize::MAX,
+        readmit: cfg.readmit,
     }
 }
 

@@ -64,6 +64,9 @@ pub enum Finished {
     Before,
     /// Never seen as a request.
     Unknown,
+    /// Failed with EngineError when its engine was lost, and answered after all (the
+    /// engine came back): the client was told it failed, so the reply is dropped.
+    Late,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +87,8 @@ pub struct TaskBook {
     /// Engines gone, with the time their direct queue is failed (docs/protocol.md §3.6): replies may
     /// still be in flight until then.
     stranded: Vec<(Instant, Engine)>,
+    /// Direct requests failed because their engine was lost ([`Finished::Late`]).
+    failed_lost: IdSet,
 }
 
 impl TaskBook {
@@ -173,6 +178,9 @@ impl TaskBook {
 
     /// A direct reply copy from the registered engine `engine`.
     pub fn finish_direct(&mut self, msg_id: &str, engine: EngineId) -> Finished {
+        if self.failed_lost.contains(msg_id) {
+            return Finished::Late;
+        }
         if self.pending.remove(msg_id) {
             self.completed.insert(msg_id);
             let q = self.queues.entry(engine).or_default();
@@ -220,6 +228,18 @@ impl TaskBook {
     pub fn fail_stranded(&mut self, now: Instant) -> Vec<StrandedQueue> {
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stranded).into_iter().partition(|(t, _)| *t <= now);
         self.stranded = keep;
+        self.fail_queues(due)
+    }
+
+    /// A lost engine is back: what it had queued when it was lost fails now (its client
+    /// failed those at the unregistration), before new requests join its queue.
+    pub fn fail_stranded_engine(&mut self, id: EngineId) -> Vec<StrandedQueue> {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stranded).into_iter().partition(|(_, e)| e.id == id);
+        self.stranded = keep;
+        self.fail_queues(due)
+    }
+
+    fn fail_queues(&mut self, due: Vec<(Instant, Engine)>) -> Vec<StrandedQueue> {
         let mut out = Vec::with_capacity(due.len());
         for (_, e) in due {
             let Some(q) = self.queues.get_mut(&e.id) else { continue };
@@ -229,6 +249,7 @@ impl TaskBook {
             for id in ids {
                 self.pending.remove(&id);
                 self.completed.insert(&id);
+                self.failed_lost.insert(&id);
                 // No latency metric: the task never finished.
                 let seen = self.seen.remove(&id);
                 failed.push((id, seen));

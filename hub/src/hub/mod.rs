@@ -107,6 +107,9 @@ pub struct HubSettings {
     /// ([`crate::controller::fdlimit`]); registrations beyond it are refused with a
     /// clear error rather than left to fail somewhere in libzmq.
     pub max_engines: usize,
+    /// Re-admit an engine whose heart stopped and then answers again (default); `false`
+    /// keeps stock's behaviour, where it stays out.
+    pub readmit: bool,
 }
 
 /// Counters for logs and metrics.
@@ -114,6 +117,8 @@ pub struct HubSettings {
 pub struct HubStats {
     pub registered: u64,
     pub unregistered: u64,
+    /// Lost engines whose heart came back ([`Hub::readmit`]).
+    pub readmitted: u64,
     pub dropped: BTreeMap<&'static str, u64>,
     pub queries: u64,
     pub missed_beats: u64,
@@ -277,15 +282,18 @@ impl Hub {
             for h in beat.new_hearts {
                 let uuid = String::from_utf8_lossy(&h).into_owned();
                 // A restored engine's heart is new to this monitor but its engine is known.
-                if !self.complete_registration(&uuid, out) && self.reg.by_uuid(&uuid).is_none() {
+                if !self.complete_registration(&uuid, out) && self.reg.by_uuid(&uuid).is_none() && !self.readmit(&uuid, now, out) {
                     debug!(heart = %uuid, "new heart without a pending registration");
                 }
             }
             for h in beat.stopped_hearts {
                 let uuid = String::from_utf8_lossy(&h).into_owned();
-                if let Some(id) = self.reg.by_uuid(&uuid).map(|e| e.id) {
-                    warn!(engine = %id, %uuid, "heart stopped: unregistering engine");
-                    self.unregister(id, now, out);
+                if let Some(e) = self.reg.by_uuid(&uuid).cloned() {
+                    warn!(engine = %e.id, %uuid, "heart stopped: unregistering engine");
+                    self.unregister(e.id, now, out);
+                    if self.s.readmit {
+                        self.reg.mark_lost(&e);
+                    }
                 }
             }
         }
@@ -322,6 +330,9 @@ impl Hub {
             if self.reg.is_pending(uuid) {
                 let uuid = uuid.to_owned();
                 self.complete_registration(&uuid, out);
+            } else if self.reg.is_lost(uuid) {
+                let uuid = uuid.to_owned();
+                self.readmit(&uuid, Now::system(), out);
             }
         }
     }
@@ -331,6 +342,29 @@ impl Hub {
         info!(engine = %e.id, uuid = %e.uuid, "engine registered");
         self.stats.registered += 1;
         self.status.engine_registered(e.id, &e.uuid, Instant::now());
+        self.book.engine(e.id, &e.uuid);
+        out.push(HubOut::Notify {
+            msg_type: "registration_notification",
+            content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
+            parent: Vec::new(),
+        });
+        out.push(HubOut::SaveState(self.reg.state()));
+        true
+    }
+
+    /// A lost engine's heart answers again (a link came back, a SIGSTOPped engine was
+    /// continued): it is registered again under its old id, and clients and the
+    /// schedulers learn it as from a new registration (ipython #6444, #9882: on stock it
+    /// stays an orphan, alive and never used again). Returns whether it was re-admitted.
+    fn readmit(&mut self, uuid: &str, now: Now, out: &mut impl Outbox) -> bool {
+        let Some(e) = self.reg.readmit(uuid) else { return false };
+        // What it had queued when it was lost fails now, as its clients were told.
+        for (lost, ids) in self.book.fail_stranded_engine(e.id) {
+            self.fail_stranded_direct(&lost, ids, now);
+        }
+        warn!(engine = %e.id, uuid = %e.uuid, "engine re-admitted: its heart answers again");
+        self.stats.readmitted += 1;
+        self.status.engine_registered(e.id, &e.uuid, now.at);
         self.book.engine(e.id, &e.uuid);
         out.push(HubOut::Notify {
             msg_type: "registration_notification",
@@ -357,7 +391,11 @@ impl Hub {
                 self.book.strand(now.at + self.s.registration_timeout, e);
             }
             Unregistered::Pending(p) => info!(engine = %p.id, "pending registration cancelled"),
-            Unregistered::Unknown => debug!(engine = %id, "unregistration of an unknown engine ignored"),
+            Unregistered::Unknown => {
+                // A lost engine's nanny saying goodbye: it will not come back.
+                self.reg.forget_lost(id);
+                debug!(engine = %id, "unregistration of an unknown engine ignored");
+            }
         }
     }
 

@@ -189,6 +189,12 @@ impl Hub {
                 self.status.finished(&parent, Some(eid), crate::status::Queue::Mux, o, seen, run, now.at, msg.content);
             }
             Finished::Before => {}
+            Finished::Late => {
+                // Its client got EngineError when the engine was lost; the record keeps that.
+                self.drop_msg("late");
+                debug!(msg_id = %parent, engine = %eid, "late reply from a re-admitted engine dropped");
+                return;
+            }
             Finished::Unknown => {
                 debug!(msg_id = %parent, "reply to an unknown direct request");
                 return;

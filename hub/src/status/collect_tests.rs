@@ -28,6 +28,7 @@ fn settings() -> HubSettings {
         limits: Limits { record_limit: 1024, size_limit: 1 << 30, cull_fraction: 0.1 },
         nodb: false,
         max_engines: usize::MAX,
+        readmit: true,
     }
 }
 

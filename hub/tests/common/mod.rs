@@ -31,6 +31,7 @@ pub fn settings(nodb: bool, limits: Limits, broadcast: Vec<u16>) -> HubSettings 
         limits,
         nodb,
         max_engines: usize::MAX,
+        readmit: true,
     }
 }
 
