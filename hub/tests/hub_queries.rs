@@ -533,6 +533,45 @@ fn sqlite_results_outlive_the_hub() {
     assert_eq!(r.get("status").as_str(), Some("ok"));
 }
 
+#[test]
+fn tasks_in_flight_across_a_restart_complete_or_fail_clearly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("tasks.db");
+    // e0: answers its old task after the restart; e1: answers new work first (its old
+    // reply was lost); e2's task went to an engine that is not restored.
+    let (late, lost, orphan, unassigned) = {
+        let mut c = sqlite(&path);
+        c.register("e2");
+        let late = c.submit("late", &[b"f"], "e0");
+        let lost = c.submit("lost", &[b"f"], "e1");
+        let orphan = c.submit("orphan", &[b"f"], "e2").msg_id;
+        let h = c.client.new_header("apply_request");
+        let md = vmap! {"after" => list(&[]), "follow" => list(&[]), "timeout" => 0.0f64, "targets" => list(&[]), "retries" => 0i64};
+        c.monitor(b"intask", &[b"client"], &h, "", &md, &Value::map(), &[]);
+        (late, lost, orphan, h.msg_id)
+    };
+    let store: Box<dyn Store> = Box::new(SqliteStore::open(SqliteConfig::new(&path)).expect("reopen"));
+    let mut c = Cluster::restored(Hub::with_store(settings(false), store, Instant::now()));
+    let now = c.clock();
+    assert_eq!(c.hub.restore_inflight(now), 2, "e0's and e1's tasks wait for their engines");
+    let status = |c: &mut Cluster, id: &str| {
+        let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&[id]), "status_only" => false});
+        if r.get("pending") == &list(&[id]) {
+            "pending".to_owned()
+        } else {
+            r.get(id).get("result_content").get("ename").as_str().unwrap_or("ok").to_owned()
+        }
+    };
+    assert_eq!(status(&mut c, &orphan), "EngineError", "its engine is not restored");
+    assert_eq!(status(&mut c, &unassigned), "EngineError", "it never reached an engine");
+    assert_eq!(status(&mut c, &late.msg_id), "pending");
+    assert_eq!(status(&mut c, &lost.msg_id), "pending");
+    c.finish(&late, "e0", &[b"r"], "ok");
+    assert_eq!(status(&mut c, &late.msg_id), "ok", "a reply after the restart completes the record");
+    c.direct("e1");
+    assert_eq!(status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work");
+}
+
 // The hub's per-task bookkeeping stays bounded over many tasks (issue 6), while the
 // answers stock gives from its ever-growing sets stay exact: `result_request` status of
 // any completed msg_id, `queue_request` counts.

@@ -14,6 +14,7 @@ import signal
 import time
 
 import e2e_util
+import ipyparallel as ipp
 
 N_TASKS = 2000
 DURABILITY_BOUND = 0.05  # s, docs/store.md
@@ -21,6 +22,14 @@ DURABILITY_BOUND = 0.05  # s, docs/store.md
 
 def square(x):
     return x * x
+
+
+@ipp.interactive  # pickled by value: engines cannot import this module
+def _sleep_then(t, v):
+    import time
+
+    time.sleep(t)
+    return v
 
 
 # Engines can't import this module; builtins travel by reference.
@@ -82,3 +91,36 @@ def test_kill9_then_restore_serves_every_result(ippx_controller_factory):
     # The restored controller keeps working with the engines that never left.
     assert rc2.load_balanced_view().apply_async(pow, 12, 2).get(timeout=30) == 144
     assert rc2[:].apply_sync(pow, 3, 2) == [9] * len(engine_ids)
+
+
+def test_tasks_in_flight_across_a_restart_complete_their_records(ippx_controller_factory):
+    """Issue 14: tasks in flight when the hub is SIGKILLed no longer stay "pending" forever
+    after --restore. One replies while no hub listens (libzmq on the engine keeps the
+    reply for the peer it connects to, and delivers it when the restarted controller is
+    up), one replies after the restart: both records complete with their results, and a
+    new Client gets them."""
+    ctl = ippx_controller_factory("--sqlitedb")
+    ctl.start_engines(2)
+    rc = ctl.wait_for_engines(2)
+    a, b = sorted(rc.ids)
+    slow = rc[a].apply_async(_sleep_then, 5, "slow")
+    quick = rc[b].apply_async(_sleep_then, 0.6, "quick")
+    ids = {"slow": slow.msg_ids[0], "quick": quick.msg_ids[0]}
+    e2e_util.wait_for(lambda: rc.queue_status()[a]["queue"] == 1 and rc.queue_status()[b]["queue"] == 1,
+                      timeout=10, what="both requests seen by the hub")
+    time.sleep(0.3)  # both running on their engines, records durable
+    rc.close(linger=0)
+    os.kill(ctl.proc.pid, signal.SIGKILL)
+    ctl.proc.wait(10)
+    time.sleep(1.5)  # `quick` replies while no hub listens
+    ctl.proc = ctl._spawn("controller-restored", [*ctl.argv, "--restore"])
+    rc2 = ctl.client(timeout=30)
+    try:
+        e2e_util.wait_for(lambda: sorted(rc2.ids) == [a, b], timeout=15, what="restored engines")
+        assert rc2.get_result(ids["quick"], owner=False).get(timeout=20) == "quick"
+        assert rc2.get_result(ids["slow"], owner=False).get(timeout=20) == "slow"
+        recs = rc2.db_query({"msg_id": {"$in": list(ids.values())}}, keys=["completed"])
+        assert all(r["completed"] is not None for r in recs), recs
+        assert rc2[b].apply_sync(pow, 2, 5) == 32
+    finally:
+        rc2.close()

@@ -16,7 +16,7 @@ pub mod plan;
 pub use io::Event;
 
 use crate::cli::{HubConfig, SchedulerMode};
-use crate::hub::Hub;
+use crate::hub::{Hub, Now};
 use crate::profile::{remove_quietly, Profile};
 use crate::registry::EngineState;
 use anyhow::Context as _;
@@ -127,6 +127,7 @@ impl Controller {
                 Ok(state) => {
                     info!(engines = state.engines.len(), "restoring engines from {}", profile.state_file().display());
                     hub.restore(&state);
+                    hub.restore_inflight(Now::system());
                 }
                 Err(e) => warn!("--restore: no engine state to restore ({e})"),
             }

@@ -8,6 +8,7 @@
 //! * [`monitor`]: the relays' monitor copies.
 
 pub mod book;
+pub mod inflight;
 mod monitor;
 mod queries;
 pub mod request;
@@ -17,8 +18,10 @@ pub use monitor::MonitorMsg;
 pub use request::{Request, RequestError};
 
 use crate::heart::HeartMonitor;
+use crate::records::Field;
 use crate::records::{Fields, Limits, MemStore, TaskRecord};
 use crate::registry::{Engine, EngineState, Registry, Unregistered};
+use crate::store::query::{Op, Query, Q};
 use crate::store::{Missing, NoDb, Store, StoreError};
 use ippx_protocol::content::{EngineNotification, EnginePorts, ErrorContent};
 use ippx_protocol::datetime::{format_iso, now as utc_now, Timestamp};
@@ -164,6 +167,8 @@ pub struct Hub {
     id_prefix: String,
     id_counter: u64,
     book: TaskBook,
+    /// Requests in flight when an earlier hub died (`--restore`).
+    inflight: inflight::Inflight,
     next_probe: Option<Instant>,
     pub stats: HubStats,
     /// The status page's always-on bookkeeping (`crate::status`).
@@ -201,6 +206,7 @@ impl Hub {
             id_prefix: format!("{}_{}", ippx_protocol::session::new_id(), std::process::id()),
             id_counter: 0,
             book: TaskBook::default(),
+            inflight: inflight::Inflight::default(),
             next_probe: None,
             stats: HubStats::default(),
             status,
@@ -248,6 +254,73 @@ impl Hub {
         for e in self.reg.engines() {
             self.book.engine(e.id, &e.uuid);
         }
+    }
+
+    /// After [`Hub::restore`]: the records the task database holds without a result were
+    /// in flight when the earlier hub died ([`inflight`]). Each waits for its engine if
+    /// that engine was restored, and fails now if not. Returns how many wait.
+    pub fn restore_inflight(&mut self, now: Now) -> usize {
+        let q = Query::default().with(Field::Completed, Op::Eq, Q::Nil);
+        let recs = match self.store.find(&q, Fields::of(&[Field::MsgId, Field::EngineUuid, Field::Queue])) {
+            Ok(r) => r,
+            Err(StoreError::NoData) => return 0,
+            Err(e) => {
+                warn!("--restore: cannot read unfinished records: {e}");
+                return 0;
+            }
+        };
+        for r in recs {
+            match r.engine_uuid.as_deref().and_then(|u| self.reg.by_uuid(u)).map(|e| e.id) {
+                Some(eid) => self.inflight.add(&r.msg_id, eid),
+                None => {
+                    let why = match &r.engine_uuid {
+                        Some(u) => format!("the controller restarted while task '{}' was in flight, and its engine {u} is gone", r.msg_id),
+                        None => format!("the controller restarted before task '{}' reached an engine", r.msg_id),
+                    };
+                    self.fail_restored(&r.msg_id, "EngineError", why, r.engine_uuid.clone(), now);
+                }
+            }
+        }
+        let waiting = self.inflight.len();
+        if waiting > 0 {
+            info!(tasks = waiting, "--restore: waiting for replies to tasks in flight when the earlier hub stopped");
+        }
+        waiting
+    }
+
+    /// Gives up on what `engine` had from before a restart: it answered later work (so
+    /// those replies were lost while no hub listened), or it is gone.
+    fn give_up_inflight(&mut self, engine: EngineId, gone: bool, now: Now) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        let uuid = self.book.queues(engine).and_then(|q| q.uuid.clone());
+        for id in self.inflight.give_up(engine) {
+            let (ename, evalue) = if gone {
+                ("EngineError", format!("Engine {engine} is gone; task '{id}' was in flight when the controller restarted"))
+            } else {
+                (
+                    "ControllerRestarted",
+                    format!(
+                        "task '{id}' was in flight when the controller restarted; engine {engine} has answered later work, so its reply was lost"
+                    ),
+                )
+            };
+            self.fail_restored(&id, ename, evalue, uuid.clone(), now);
+        }
+    }
+
+    fn fail_restored(&mut self, msg_id: &str, ename: &str, evalue: String, engine_uuid: Option<String>, now: Now) {
+        warn!(msg_id, ename, "{evalue}");
+        let mut content = Some(error_value(ename, evalue));
+        let wall = now.wall;
+        let r = self.store.update(msg_id, Missing::Skip, &mut |r| {
+            r.result_content = content.take().unwrap_or_default();
+            r.result_header = vmap! {"engine" => engine_uuid.clone().unwrap_or_default(), "date" => format_iso(&wall)};
+            r.result_metadata = vmap! {"status" => "error"};
+            r.completed = Some(wall);
+        });
+        self.store_failed("restored in-flight request", msg_id, r);
     }
 
     pub fn drop_msg(&mut self, reason: &'static str) {
@@ -388,6 +461,7 @@ impl Hub {
                     content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
                     parent: Vec::new(),
                 });
+                self.give_up_inflight(e.id, true, now);
                 self.book.strand(now.at + self.s.registration_timeout, e);
             }
             Unregistered::Pending(p) => info!(engine = %p.id, "pending registration cancelled"),

@@ -180,8 +180,15 @@ impl Hub {
         };
         let parent = msg.parent_id.clone();
         let md = self.unpack::<Value>(msg.metadata);
+        if self.inflight.answered(&parent) {
+            info!(msg_id = %parent, engine = %eid, "reply to a request from before the restart: its record completes");
+            self.store_result(&parent, &msg, None, md, now.wall);
+            return;
+        }
         match self.book.finish_direct(&parent, eid) {
             Finished::Now { seen } => {
+                // The engine answers in order: what it had from before the restart is lost.
+                self.give_up_inflight(eid, false, now);
                 let m = md.as_ref().unwrap_or(&Value::Nil);
                 let (status, run) = (outcome(m.get("status").as_str().unwrap_or("")), run_seconds(m, &msg.h.date));
                 self.stats.finished("mux", status, seen, now.at, run);
@@ -250,12 +257,20 @@ impl Hub {
         let m = md.as_ref().unwrap_or(&Value::Nil);
         let engine = m.get("engine").as_str().unwrap_or("").to_owned();
         let status = outcome(m.get("status").as_str().unwrap_or(""));
+        if self.inflight.answered(&parent) {
+            info!(msg_id = %parent, "reply to a task from before the restart: its record completes");
+            self.store_result(&parent, &msg, Some(engine), md, now.wall);
+            return;
+        }
         // The owner before the book forgets it, for the status page's timeline.
         let owner = self.book.owner(&parent);
         let Finished::Now { seen } = self.book.finish_task(&parent, status != "aborted" && !engine.is_empty()) else {
             debug!(msg_id = %parent, "reply to a task that is not pending");
             return;
         };
+        if let Some(eid) = owner {
+            self.give_up_inflight(eid, false, now);
+        }
         let run = run_seconds(m, &msg.h.date);
         self.stats.finished("task", status, seen, now.at, run);
         let o = crate::status::Outcome::from_name(status);

@@ -112,6 +112,8 @@ pub struct TaskStats {
     /// Jobs sent on or queued again after an unmet dependency, a retried failure or a
     /// retried `EngineError`.
     pub resubmitted: u64,
+    /// Replies to tasks sent before a controller restart, passed on to client and hub.
+    pub passed_through: u64,
 }
 
 /// Input the scheduler could not use. The loop logs and counts these.

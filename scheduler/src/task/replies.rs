@@ -15,7 +15,19 @@ impl TaskScheduler {
         let md: ReplyStatus = self.unpack("metadata", &frames[delim + 4])?;
         let msg_id = parent.msg_id.unwrap_or_default();
         let Some(&tk) = self.live.get(msg_id.as_str()) else {
-            return Err(TaskError::UnknownTask(msg_id));
+            if msg_id.is_empty() || self.history.contains(&msg_id) {
+                // Answered or failed already (an engine back after it was declared dead).
+                return Err(TaskError::UnknownTask(msg_id));
+            }
+            // A task this scheduler never had: sent before the controller restarted. The
+            // hub waits for it (`--restore`), and its client may still be connected:
+            // both get it, as its scheduler would have passed it on.
+            let mut frames = frames;
+            frames.swap(0, 1);
+            out.to_client(frames.clone());
+            out.to_hub(MonitorTopic::TaskReply, frames);
+            self.stats.passed_through += 1;
+            return Ok(());
         };
         let inc = match &self.tasks[tk as usize] {
             Slot::Live(job) => match job.loc {
