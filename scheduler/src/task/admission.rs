@@ -37,30 +37,30 @@ impl TaskScheduler {
         let (h, m) = (&frames[delim + 2], &frames[delim + 4]);
         if h.len() > MAX_HEADER {
             let detail = format!("header of {} bytes (limit {MAX_HEADER})", h.len());
-            self.refuse(frames, delim, None, "apply_reply", "MessageTooLarge", &detail, out);
+            self.refuse(frames, delim, None, "apply_reply", ErrorContent::new("MessageTooLarge", &detail), out);
             return Err(TaskError::TooLarge(detail));
         }
         let header: HeaderId = self.unpack("header", h)?;
         if m.len() > MAX_METADATA {
             let detail = format!("metadata of {} bytes (limit {MAX_METADATA})", m.len());
-            self.refuse(frames, delim, Some(h), &reply_type(&header.msg_type), "MessageTooLarge", &detail, out);
+            self.refuse(frames, delim, Some(h), &reply_type(&header.msg_type), ErrorContent::new("MessageTooLarge", &detail), out);
             return Err(TaskError::TooLarge(detail));
         }
         if !schedulable(&header.msg_type) {
             let detail = format!("{:?} is not a request an engine answers on the task queue (apply_request, execute_request)", header.msg_type);
-            self.refuse(frames, delim, Some(h), &reply_type(&header.msg_type), "UnknownMessageType", &detail, out);
+            self.refuse(frames, delim, Some(h), &reply_type(&header.msg_type), ErrorContent::new("UnknownMessageType", &detail), out);
             return Err(TaskError::NotSchedulable(header.msg_type));
         }
         Ok(header)
     }
 
-    fn refuse(&mut self, frames: &Frames, delim: usize, parent: Option<&[u8]>, reply: &str, ename: &str, detail: &str, out: &mut impl TaskOutbox) {
+    fn refuse(&mut self, frames: &Frames, delim: usize, parent: Option<&[u8]>, reply: &str, error: ErrorContent, out: &mut impl TaskOutbox) {
         let idents = frames[..delim].to_vec();
         let header = self.stamp.header(reply);
         let parent = parent.map_or(Parent::None, Parent::Raw);
-        match self.session.serialize_with_header(idents, &header, parent, &Value::map(), &ErrorContent::new(ename, detail), vec![]) {
+        match self.session.serialize_with_header(idents, &header, parent, &Value::map(), &error, vec![]) {
             Ok(reply) => out.to_client(reply),
-            Err(e) => tracing::warn!("cannot build {ename} reply: {e}"),
+            Err(e) => tracing::warn!("cannot build {reply} reply: {e}"),
         }
     }
 }
