@@ -205,11 +205,17 @@ pub fn read_file(path: &Path) -> Result<FileLayer, CliError> {
     if !path.exists() {
         return Ok(FileLayer::default());
     }
+    let text = std::fs::read_to_string(path).map_err(|e| CliError(format!("invalid config: {}: {e}", path.display())))?;
+    parse_toml(&text).map_err(|e| CliError(format!("invalid config: {}: {}", path.display(), e.0)))
+}
+
+/// One config file's text (TOML), as [`read_file`] reads it.
+pub fn parse_toml(text: &str) -> Result<FileLayer, CliError> {
     let c = config::Config::builder()
-        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
-        .map_err(|e| CliError(format!("invalid config: {}: {}", path.display(), one_line(e))))?;
-    c.try_deserialize().map_err(|e| CliError(format!("invalid config: {}: {}", path.display(), one_line(e))))
+        .map_err(|e| CliError(one_line(e)))?;
+    c.try_deserialize().map_err(|e| CliError(one_line(e)))
 }
 
 /// The `IPPX_<SECTION>__<KEY>` variables among `vars`. Only names with the section
