@@ -211,10 +211,8 @@ pub fn read_file(path: &Path) -> Result<FileLayer, CliError> {
 
 /// One config file's text (TOML), as [`read_file`] reads it.
 pub fn parse_toml(text: &str) -> Result<FileLayer, CliError> {
-    let c = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .map_err(|e| CliError(one_line(e)))?;
+    let c =
+        config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)).build().map_err(|e| CliError(one_line(e)))?;
     c.try_deserialize().map_err(|e| CliError(one_line(e)))
 }
 
