@@ -448,12 +448,13 @@ fn print_result(c: &Ctx, out: Out) {
         }
         if let Some(Json::Array(series)) = out.get("rss_series") {
             println!("{}", "-".repeat(44));
-            println!("{:>8} {:>12} {:>12}", "t_s", "completed", "rss_mb");
+            println!("{:>8} {:>12} {:>12} {:>8}", "t_s", "completed", "rss_mb", "fds");
             for s in series {
                 let t = s.get(0).map(fmt_value).unwrap_or_default();
                 let d = s.get(1).map(fmt_value).unwrap_or_default();
                 let r = s.get(2).and_then(Json::as_f64).map(|kb| format!("{:.1}", kb / 1024.0)).unwrap_or_else(|| "-".into());
-                println!("{t:>8} {d:>12} {r:>12}");
+                let f = s.get(3).map(fmt_value).unwrap_or_else(|| "-".into());
+                println!("{t:>8} {d:>12} {r:>12} {f:>8}");
             }
         }
         println!("{}", "-".repeat(44));

@@ -2,7 +2,8 @@
 //!
 //! CPU = utime + stime (fields 14 and 15 of `/proc/<pid>/stat`) summed over the root and
 //! every live descendant (found through the `ppid` field of every `/proc/*/stat`), in
-//! clock ticks (`getconf CLK_TCK`). RSS = the sum of `VmRSS` of the same processes.
+//! clock ticks (`getconf CLK_TCK`). RSS = the sum of `VmRSS` of the same processes, fds
+//! the number of their open file descriptors.
 
 use std::collections::HashMap;
 use std::fs;
@@ -16,6 +17,9 @@ pub struct TreeSample {
     /// processes, fairer than RSS for a forked tree such as the stock controller's.
     pub pss_kb: u64,
     pub processes: usize,
+    /// Open file descriptors of the tree (`/proc/<pid>/fd` entries): constant over a soak
+    /// unless something leaks connections or files.
+    pub fds: u64,
 }
 
 /// `sysconf(_SC_CLK_TCK)`, via `getconf` (no unsafe here); 100 if that fails.
@@ -90,6 +94,7 @@ pub fn sample(root: u32) -> Option<TreeSample> {
             s.ticks += t;
             s.rss_kb += rss_kb(pid);
             s.pss_kb += pss_kb(pid);
+            s.fds += fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
             s.processes += 1;
         }
     }

@@ -235,8 +235,8 @@ pub(crate) fn soak(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
         let finished = handles.iter().all(|h| h.is_finished());
         if last_sample.elapsed().as_secs_f64() >= a.sample_every || finished {
             last_sample = Instant::now();
-            let rss = c.sample().map(|s| s.rss_kb);
-            series.push(json!([round(start.elapsed().as_secs_f64(), 1), done, rss]));
+            let s = c.sample();
+            series.push(json!([round(start.elapsed().as_secs_f64(), 1), done, s.map(|s| s.rss_kb), s.map(|s| s.fds)]));
         }
         if done != last_progress.0 {
             last_progress = (done, Instant::now());
@@ -288,6 +288,13 @@ pub(crate) fn soak(c: &Ctx, ep: &Arc<Endpoints>, scfg: &SessionConfig) -> Result
         out.insert("rss_max_kb", json!(max));
         out.insert("rss_last_kb", json!(post.last()));
         out.insert("rss_drift_pct", json!(round(100.0 * dev / base.max(1.0), 2)));
+    }
+    // Open descriptors after warm-up: a leak shows as growth.
+    let fds: Vec<f64> =
+        first_measured_sample.map(|i| series[i..].iter().filter_map(|s| s.get(3).and_then(Json::as_f64)).collect()).unwrap_or_default();
+    if !fds.is_empty() {
+        out.insert("fds_min", json!(fds.iter().cloned().fold(f64::MAX, f64::min)));
+        out.insert("fds_max", json!(fds.iter().cloned().fold(f64::MIN, f64::max)));
     }
     out.insert("rss_series", Json::Array(series));
     out.insert("rss_by_process", json!(a.controller_pid.map(procstat::rss_by_process)));
