@@ -10,8 +10,14 @@
 //!
 //! Pure bookkeeping; the hub writes the records.
 
-use ippx_protocol::EngineId;
+use super::{error_value, Hub, Now};
+use crate::records::{Field, Fields};
+use crate::store::query::{Op, Query, Q};
+use crate::store::{Missing, StoreError};
+use ippx_protocol::datetime::format_iso;
+use ippx_protocol::{vmap, EngineId};
 use std::collections::{BTreeMap, HashMap};
+use tracing::{info, warn};
 
 #[derive(Debug, Default)]
 pub struct Inflight {
@@ -58,6 +64,75 @@ impl Inflight {
             self.engine_of.remove(id);
         }
         ids
+    }
+}
+
+impl Hub {
+    /// After [`Hub::restore`]: the records the task database holds without a result were
+    /// in flight when the earlier hub died ([`inflight`]). Each waits for its engine if
+    /// that engine was restored, and fails now if not. Returns how many wait.
+    pub fn restore_inflight(&mut self, now: Now) -> usize {
+        let q = Query::default().with(Field::Completed, Op::Eq, Q::Nil);
+        let recs = match self.store.find(&q, Fields::of(&[Field::MsgId, Field::EngineUuid, Field::Queue])) {
+            Ok(r) => r,
+            Err(StoreError::NoData) => return 0,
+            Err(e) => {
+                warn!("--restore: cannot read unfinished records: {e}");
+                return 0;
+            }
+        };
+        for r in recs {
+            match r.engine_uuid.as_deref().and_then(|u| self.reg.by_uuid(u)).map(|e| e.id) {
+                Some(eid) => self.inflight.add(&r.msg_id, eid),
+                None => {
+                    let why = match &r.engine_uuid {
+                        Some(u) => format!("the controller restarted while task '{}' was in flight, and its engine {u} is gone", r.msg_id),
+                        None => format!("the controller restarted before task '{}' reached an engine", r.msg_id),
+                    };
+                    self.fail_restored(&r.msg_id, "EngineError", why, r.engine_uuid.clone(), now);
+                }
+            }
+        }
+        let waiting = self.inflight.len();
+        if waiting > 0 {
+            info!(tasks = waiting, "--restore: waiting for replies to tasks in flight when the earlier hub stopped");
+        }
+        waiting
+    }
+
+    /// Gives up on what `engine` had from before a restart: it answered later work (so
+    /// those replies were lost while no hub listened), or it is gone.
+    pub(super) fn give_up_inflight(&mut self, engine: EngineId, gone: bool, now: Now) {
+        if self.inflight.is_empty() {
+            return;
+        }
+        let uuid = self.book.queues(engine).and_then(|q| q.uuid.clone());
+        for id in self.inflight.give_up(engine) {
+            let (ename, evalue) = if gone {
+                ("EngineError", format!("Engine {engine} is gone; task '{id}' was in flight when the controller restarted"))
+            } else {
+                (
+                    "ControllerRestarted",
+                    format!(
+                        "task '{id}' was in flight when the controller restarted; engine {engine} has answered later work, so its reply was lost"
+                    ),
+                )
+            };
+            self.fail_restored(&id, ename, evalue, uuid.clone(), now);
+        }
+    }
+
+    fn fail_restored(&mut self, msg_id: &str, ename: &str, evalue: String, engine_uuid: Option<String>, now: Now) {
+        warn!(msg_id, ename, "{evalue}");
+        let mut content = Some(error_value(ename, evalue));
+        let wall = now.wall;
+        let r = self.store.update(msg_id, Missing::Skip, &mut |r| {
+            r.result_content = content.take().unwrap_or_default();
+            r.result_header = vmap! {"engine" => engine_uuid.clone().unwrap_or_default(), "date" => format_iso(&wall)};
+            r.result_metadata = vmap! {"status" => "error"};
+            r.completed = Some(wall);
+        });
+        self.store_failed("restored in-flight request", msg_id, r);
     }
 }
 

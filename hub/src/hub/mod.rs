@@ -8,6 +8,7 @@
 //! * [`monitor`]: the relays' monitor copies.
 
 pub mod book;
+mod hearts;
 pub mod inflight;
 mod monitor;
 mod queries;
@@ -18,10 +19,8 @@ pub use monitor::MonitorMsg;
 pub use request::{Request, RequestError};
 
 use crate::heart::HeartMonitor;
-use crate::records::Field;
 use crate::records::{Fields, Limits, MemStore, TaskRecord};
 use crate::registry::{Engine, EngineState, Registry, Unregistered};
-use crate::store::query::{Op, Query, Q};
 use crate::store::{Missing, NoDb, Store, StoreError};
 use ippx_protocol::content::{EngineNotification, EnginePorts, ErrorContent};
 use ippx_protocol::datetime::{format_iso, now as utc_now, Timestamp};
@@ -256,73 +255,6 @@ impl Hub {
         }
     }
 
-    /// After [`Hub::restore`]: the records the task database holds without a result were
-    /// in flight when the earlier hub died ([`inflight`]). Each waits for its engine if
-    /// that engine was restored, and fails now if not. Returns how many wait.
-    pub fn restore_inflight(&mut self, now: Now) -> usize {
-        let q = Query::default().with(Field::Completed, Op::Eq, Q::Nil);
-        let recs = match self.store.find(&q, Fields::of(&[Field::MsgId, Field::EngineUuid, Field::Queue])) {
-            Ok(r) => r,
-            Err(StoreError::NoData) => return 0,
-            Err(e) => {
-                warn!("--restore: cannot read unfinished records: {e}");
-                return 0;
-            }
-        };
-        for r in recs {
-            match r.engine_uuid.as_deref().and_then(|u| self.reg.by_uuid(u)).map(|e| e.id) {
-                Some(eid) => self.inflight.add(&r.msg_id, eid),
-                None => {
-                    let why = match &r.engine_uuid {
-                        Some(u) => format!("the controller restarted while task '{}' was in flight, and its engine {u} is gone", r.msg_id),
-                        None => format!("the controller restarted before task '{}' reached an engine", r.msg_id),
-                    };
-                    self.fail_restored(&r.msg_id, "EngineError", why, r.engine_uuid.clone(), now);
-                }
-            }
-        }
-        let waiting = self.inflight.len();
-        if waiting > 0 {
-            info!(tasks = waiting, "--restore: waiting for replies to tasks in flight when the earlier hub stopped");
-        }
-        waiting
-    }
-
-    /// Gives up on what `engine` had from before a restart: it answered later work (so
-    /// those replies were lost while no hub listened), or it is gone.
-    fn give_up_inflight(&mut self, engine: EngineId, gone: bool, now: Now) {
-        if self.inflight.is_empty() {
-            return;
-        }
-        let uuid = self.book.queues(engine).and_then(|q| q.uuid.clone());
-        for id in self.inflight.give_up(engine) {
-            let (ename, evalue) = if gone {
-                ("EngineError", format!("Engine {engine} is gone; task '{id}' was in flight when the controller restarted"))
-            } else {
-                (
-                    "ControllerRestarted",
-                    format!(
-                        "task '{id}' was in flight when the controller restarted; engine {engine} has answered later work, so its reply was lost"
-                    ),
-                )
-            };
-            self.fail_restored(&id, ename, evalue, uuid.clone(), now);
-        }
-    }
-
-    fn fail_restored(&mut self, msg_id: &str, ename: &str, evalue: String, engine_uuid: Option<String>, now: Now) {
-        warn!(msg_id, ename, "{evalue}");
-        let mut content = Some(error_value(ename, evalue));
-        let wall = now.wall;
-        let r = self.store.update(msg_id, Missing::Skip, &mut |r| {
-            r.result_content = content.take().unwrap_or_default();
-            r.result_header = vmap! {"engine" => engine_uuid.clone().unwrap_or_default(), "date" => format_iso(&wall)};
-            r.result_metadata = vmap! {"status" => "error"};
-            r.completed = Some(wall);
-        });
-        self.store_failed("restored in-flight request", msg_id, r);
-    }
-
     pub fn drop_msg(&mut self, reason: &'static str) {
         *self.stats.dropped.entry(reason).or_default() += 1;
     }
@@ -388,111 +320,6 @@ impl Hub {
             self.fail_stranded_direct(&e, ids, now);
         }
         self.store.maintain(now.at);
-    }
-
-    // ---------------------------------------------------------------- hearts
-
-    pub fn pong(&mut self, heart: &[u8], payload: &[u8], out: &mut impl Outbox) {
-        if !self.heart.pong(heart, payload) {
-            return;
-        }
-        self.status.beat(heart, Instant::now());
-        // Complete at once rather than at the next beat: registration then takes one
-        // round trip after the engine's heart starts.
-        if let Ok(uuid) = std::str::from_utf8(heart) {
-            if self.reg.is_pending(uuid) {
-                let uuid = uuid.to_owned();
-                self.complete_registration(&uuid, out);
-            } else if self.reg.is_lost(uuid) {
-                let uuid = uuid.to_owned();
-                self.readmit(&uuid, Now::system(), out);
-            }
-        }
-    }
-
-    fn complete_registration(&mut self, uuid: &str, out: &mut impl Outbox) -> bool {
-        let Some(e) = self.reg.complete(uuid) else { return false };
-        info!(engine = %e.id, uuid = %e.uuid, "engine registered");
-        self.stats.registered += 1;
-        self.status.engine_registered(e.id, &e.uuid, Instant::now());
-        self.book.engine(e.id, &e.uuid);
-        out.push(HubOut::Notify {
-            msg_type: "registration_notification",
-            content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
-            parent: Vec::new(),
-        });
-        out.push(HubOut::SaveState(self.reg.state()));
-        true
-    }
-
-    /// A lost engine's heart answers again (a link came back, a SIGSTOPped engine was
-    /// continued): it is registered again under its old id, and clients and the
-    /// schedulers learn it as from a new registration (ipython #6444, #9882: on stock it
-    /// stays an orphan, alive and never used again). Returns whether it was re-admitted.
-    fn readmit(&mut self, uuid: &str, now: Now, out: &mut impl Outbox) -> bool {
-        let Some(e) = self.reg.readmit(uuid) else { return false };
-        // What it had queued when it was lost fails now, as its clients were told.
-        for (lost, ids) in self.book.fail_stranded_engine(e.id) {
-            self.fail_stranded_direct(&lost, ids, now);
-        }
-        warn!(engine = %e.id, uuid = %e.uuid, "engine re-admitted: its heart answers again");
-        self.stats.readmitted += 1;
-        self.status.engine_registered(e.id, &e.uuid, now.at);
-        self.book.engine(e.id, &e.uuid);
-        out.push(HubOut::Notify {
-            msg_type: "registration_notification",
-            content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
-            parent: Vec::new(),
-        });
-        out.push(HubOut::SaveState(self.reg.state()));
-        true
-    }
-
-    pub fn unregister(&mut self, id: EngineId, now: Now, out: &mut impl Outbox) {
-        match self.reg.unregister(id) {
-            Unregistered::Engine(e) => {
-                info!(engine = %e.id, uuid = %e.uuid, "engine unregistered");
-                self.stats.unregistered += 1;
-                self.status.engine_lost(&e.uuid, now.at);
-                self.heart.forget(e.uuid.as_bytes());
-                out.push(HubOut::SaveState(self.reg.state()));
-                out.push(HubOut::Notify {
-                    msg_type: "unregistration_notification",
-                    content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
-                    parent: Vec::new(),
-                });
-                self.give_up_inflight(e.id, true, now);
-                self.book.strand(now.at + self.s.registration_timeout, e);
-            }
-            Unregistered::Pending(p) => info!(engine = %p.id, "pending registration cancelled"),
-            Unregistered::Unknown => {
-                // A lost engine's nanny saying goodbye: it will not come back.
-                self.reg.forget_lost(id);
-                debug!(engine = %id, "unregistration of an unknown engine ignored");
-            }
-        }
-    }
-
-    /// Direct requests still queued on a dead engine get a synthetic EngineError record
-    /// (docs/protocol.md §3.6). Clients synthesise their own; this is for the hub's bookkeeping.
-    fn fail_stranded_direct(&mut self, e: &Engine, ids: Vec<(String, Option<Instant>)>, at: Now) {
-        for (msg_id, seen) in ids {
-            *self.stats.completed.entry(("mux", "error")).or_default() += 1;
-            let now = at.wall;
-            let evalue = format!("Engine {} died while running task '{msg_id}'", e.id);
-            self.status.stranded(&msg_id, e.id, seen, evalue.clone(), at.at);
-            let content = error_value("EngineError", evalue);
-            let uuid = e.uuid.clone();
-            let mut content = Some(content);
-            let r = self.store.update(&msg_id, Missing::Skip, &mut |r| {
-                r.result_content = content.take().unwrap_or_default();
-                r.result_header = vmap! {"engine" => uuid.clone(), "date" => format_iso(&now)};
-                r.result_buffers = Vec::new();
-                r.completed = Some(now);
-                r.engine_uuid = Some(uuid.clone());
-            });
-            self.store_failed("stranded request", &msg_id, r);
-        }
     }
 
     // ---------------------------------------------------------------- queries
