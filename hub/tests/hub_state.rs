@@ -148,6 +148,18 @@ fn lose(hub: &mut Hub, t0: Now) -> Now {
     t
 }
 
+/// `uuid`'s heart answers the ping of the beat at `t`; returns what the pong and the next
+/// beat produced.
+fn heart_answers(hub: &mut Hub, uuid: &[u8], t: Now) -> Vec<HubOut> {
+    let mut out = Vec::new();
+    hub.tick(t, &mut out);
+    let ping = last_ping(&out);
+    let mut out = Vec::new();
+    hub.pong(uuid, &ping, &mut out);
+    hub.tick(t + PERIOD, &mut out);
+    out
+}
+
 #[test]
 fn a_lost_engine_whose_heart_answers_again_is_readmitted_under_its_id() {
     let t0 = Now::system();
@@ -157,11 +169,7 @@ fn a_lost_engine_whose_heart_answers_again_is_readmitted_under_its_id() {
     let t = lose(&mut hub, t0);
     assert_eq!(hub.registry().len(), 0);
     // the link is back: the engine's heart answers the next ping
-    let mut out = Vec::new();
-    hub.tick(t + PERIOD, &mut out);
-    let ping = last_ping(&out);
-    let mut out = Vec::new();
-    hub.pong(b"e0", &ping, &mut out);
+    let out = heart_answers(&mut hub, b"e0", t + PERIOD);
     assert!(
         out.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "registration_notification", content, .. }
             if content.get("id").as_i64() == Some(id as i64) && content.get("uuid").as_str() == Some("e0"))),
@@ -171,16 +179,11 @@ fn a_lost_engine_whose_heart_answers_again_is_readmitted_under_its_id() {
     assert_eq!(hub.registry().by_uuid("e0").map(|e| e.id.0), Some(id));
     assert_eq!(hub.stats.readmitted, 1);
     // its heart is tracked again: it can be lost a second time
-    let t = lose(&mut hub, t + PERIOD);
+    let t = lose(&mut hub, t + PERIOD * 2);
     assert_eq!(hub.registry().len(), 0);
     // ... and after its nanny unregistered it, it stays out (it is gone for good)
     let _ = query(&mut hub, &mut Peer::new(), "unregistration_request", vmap! {"id" => id as i64}, t);
-    let mut out = Vec::new();
-    hub.tick(t + PERIOD, &mut out);
-    let ping = last_ping(&out);
-    let mut out = Vec::new();
-    hub.pong(b"e0", &ping, &mut out);
-    hub.tick(t + PERIOD * 2, &mut out);
+    let out = heart_answers(&mut hub, b"e0", t + PERIOD);
     assert!(!out.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "registration_notification", .. })));
 }
 
@@ -191,12 +194,7 @@ fn with_readmit_off_a_lost_engine_stays_out_as_on_stock() {
     let mut p = Peer::new();
     register(&mut hub, &mut p, "e0", t0);
     let t = lose(&mut hub, t0);
-    let mut out = Vec::new();
-    hub.tick(t + PERIOD, &mut out);
-    let ping = last_ping(&out);
-    let mut out = Vec::new();
-    hub.pong(b"e0", &ping, &mut out);
-    hub.tick(t + PERIOD * 2, &mut out);
+    let out = heart_answers(&mut hub, b"e0", t + PERIOD);
     assert!(!out.iter().any(|o| matches!(o, HubOut::Notify { msg_type: "registration_notification", .. })));
     assert_eq!(hub.registry().len(), 0);
 }

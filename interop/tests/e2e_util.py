@@ -101,16 +101,25 @@ def load_json(path: Path) -> dict:
         return json.load(f)
 
 
-def session_for(info: dict):
-    """A jupyter_client Session speaking the connection file's packer, key and scheme."""
+def session_for(info: dict, key: bytes | None = None):
+    """A jupyter_client Session speaking the connection file's packer, key and scheme
+    (or another `key`: what a peer without the connection file would send)."""
     from jupyter_client.session import Session
 
     return Session(
-        key=info["key"].encode(),
+        key=info["key"].encode() if key is None else key,
         packer=info["pack"],
         unpacker=info["unpack"],
         signature_scheme=info["signature_scheme"],
     )
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process, MB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def url(info: dict, port_key: str, index: int | None = None) -> str:

@@ -8,8 +8,6 @@ with one stock engine and a stock Client). Each case checks (a) the reply, or it
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import random
 import time
@@ -17,7 +15,7 @@ import time
 import pytest
 import zmq
 from conftest import Controller
-from e2e_util import cmdline, find_lines, load_json, log_size, read_log, session_for, url, wait_for
+from e2e_util import cmdline, find_lines, load_json, log_size, read_log, rss_mb, session_for, url, wait_for
 from jupyter_client.session import DELIM
 
 REPLY_TIMEOUT = 3.0  # s to wait for a reply that must come
@@ -172,11 +170,8 @@ def test_missing_signature(hub):
 def test_wrong_key(hub):
     """Signed, but with another key: what a peer without the connection file sends."""
     off = log_size(hub.ctl.controller_log)
-    _, _, h, p, m, c = hub.valid("connection_request")
-    sig = hmac.new(b"not-the-key", digestmod=hashlib.sha256)
-    for part in (h, p, m, c):
-        sig.update(part)
-    frames = [DELIM, sig.hexdigest().encode(), h, p, m, c]
+    wrong = session_for(hub.info, key=b"not-the-key")
+    frames = wrong.serialize(wrong.msg("connection_request", content={}))
     assert hub.send_recv(b"badpeer-1k", frames, timeout=NO_REPLY_WAIT) is None
     hub.assert_dropped(off, b"badpeer-1k", "bad_signature")
     hub.still_works()
@@ -359,26 +354,16 @@ def test_forged_task_submission(hub, forgery):
     hub.still_works()
 
 
-def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def test_wrong_key_flood_from_a_peer_that_never_reads(hub):
     """Issue 14: 200,000 requests signed with the wrong key, from a peer that never reads.
     Before, each got a hub_error queued to a peer that never took it (25 MB to 299 MB,
     never given back; stock 385 to 861 MB). Now nothing is answered and the socket holds
     at most 1,000 messages per peer each way, so the hub's memory stays where it was."""
     n = 200_000
-    _, _, h, p, m, c = hub.valid("connection_request")
-    sig = hmac.new(b"not-the-key", digestmod=hashlib.sha256)
-    for part in (h, p, m, c):
-        sig.update(part)
-    frames = [DELIM, sig.hexdigest().encode(), h, p, m, c]
+    wrong = session_for(hub.info, key=b"not-the-key")
+    frames = wrong.serialize(wrong.msg("connection_request", content={}))
     pid = hub.ctl.proc.pid
-    before = _rss_mb(pid)
+    before = rss_mb(pid)
     s = hub.dealer(b"badpeer-never-reads")
     t0 = time.monotonic()
     try:
@@ -386,12 +371,12 @@ def test_wrong_key_flood_from_a_peer_that_never_reads(hub):
             s.send_multipart(frames)  # blocks at the high-water mark: TCP pushes back
         sent = time.monotonic() - t0
         time.sleep(1.0)
-        during = _rss_mb(pid)
+        during = rss_mb(pid)
         hub.still_works()
     finally:
         s.close(0)
     time.sleep(0.5)
-    after = _rss_mb(pid)
+    after = rss_mb(pid)
     print(f"\n[wrong-key flood] {n} messages sent in {sent:.1f}s; hub RSS {before:.1f} MB before, "
           f"{during:.1f} MB at the end of the flood, {after:.1f} MB after the peer left")
     assert during - before < 40, f"hub RSS grew {during - before:.1f} MB under a flood of unverifiable messages"

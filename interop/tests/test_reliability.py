@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import e2e_util
 import pytest
 
 SUBMIT_AND_DIE = textwrap.dedent(
@@ -60,19 +61,12 @@ def test_results_survive_the_submitting_client(ippx_controller):
         rc.close()
 
 
-def _session(info, key=None):
-    from jupyter_client.session import Session
-
-    return Session(key=(key or info["key"]).encode() if isinstance(key or info["key"], str) else (key or info["key"]),
-                   packer=info["pack"], unpacker=info["unpack"], signature_scheme=info["signature_scheme"])
-
-
 def _dealer(ctx, info, port_key):
     import zmq
 
     s = ctx.socket(zmq.DEALER)
     s.linger = 0
-    s.connect(f"{info['interface']}:{info[port_key]}")
+    s.connect(e2e_util.url(info, port_key))
     return s
 
 
@@ -90,7 +84,7 @@ def test_unknown_requests_cannot_wedge_the_load_balancer(ippx_controller):
         info = ippx_controller.client_info()
         ctx = zmq.Context()
         sock = _dealer(ctx, info, "task")
-        sess = _session(info)
+        sess = e2e_util.session_for(info)
         try:
             for _ in range(2):
                 sess.send(sock, "frobnicate_request", content={})
@@ -125,7 +119,7 @@ def test_a_broadcast_with_the_wrong_key_runs_nowhere(ippx_controller, tmp_path):
         bufs = pack_apply_message(open, (str(marker), "w"), {})
         ctx = zmq.Context()
         sock = _dealer(ctx, info, "broadcast")
-        forger = _session(info, key=b"not-the-key")
+        forger = e2e_util.session_for(info, key=b"not-the-key")
         try:
             # what BroadcastView._init_metadata sends: (engine uuid, engine id) pairs
             md = {"targets": [[uuid.decode() if isinstance(uuid, bytes) else uuid, eid] for eid, uuid in rc._engines.items()],
@@ -142,13 +136,6 @@ def test_a_broadcast_with_the_wrong_key_runs_nowhere(ippx_controller, tmp_path):
         rc.close()
 
 
-def _rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def test_memory_comes_back_after_a_purge(ippx_controller):
     """Pushing then pulling big arrays makes the hub hold every buffer in its records;
     after rc.purge_everything() its RSS comes back close to where it started (before, it
@@ -162,16 +149,16 @@ def test_memory_comes_back_after_a_purge(ippx_controller):
         e = rc[0]
         e.push({"warm": 1}, block=True)
         pid = ippx_controller.proc.pid
-        before = _rss_mb(pid)
+        before = e2e_util.rss_mb(pid)
         n, mb = 60, 5
         for i in range(n):
             e.push({"a": np.full(mb * 2**20 // 8, float(i))}, block=True)
             assert e.pull("a", block=True)[0] == float(i)
-        peak = _rss_mb(pid)
+        peak = e2e_util.rss_mb(pid)
         rc.purge_everything()
         deadline = time.monotonic() + 10
         while True:
-            after = _rss_mb(pid)
+            after = e2e_util.rss_mb(pid)
             if after - before < 0.25 * (peak - before) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -562,18 +562,17 @@ impl Scheduler {
     /// The frames of a message whose signature holds and which is not a replay, or `None`
     /// (counted and logged). The task and broadcast schedulers re-sign what they pass on,
     /// so anything they take unverified would reach the engines as if from a key holder.
-    fn verified(&mut self, socket: &'static str, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
-        let peer = frames.first().cloned().unwrap_or_default();
+    fn verified(&mut self, socket: &'static str, peer: &[u8], frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
         match ippx_protocol::Envelope::parse(frames) {
             Ok(env) => match self.session.check(&env, true) {
                 Ok(()) => Some(env.into_frames()),
                 Err(e) => {
-                    self.drop_msg(socket, e.reason(), &peer, &e);
+                    self.drop_msg(socket, e.reason(), peer, &e);
                     None
                 }
             },
             Err((e, _)) => {
-                self.drop_msg(socket, "malformed", &peer, &e);
+                self.drop_msg(socket, "malformed", peer, &e);
                 None
             }
         }
@@ -585,7 +584,7 @@ impl Scheduler {
         // As Python's scheduler does (Session.deserialize), submissions and replies are
         // verified, with the replay check, before anything is scheduled: a forged task must
         // not take an engine's hwm slot, nor a forged reply complete a task.
-        let Some(frames) = self.verified("task", frames) else { return };
+        let Some(frames) = self.verified("task", &peer, frames) else { return };
         let now = Instant::now();
         let r = self.task_call(|task, out| if from_engine { task.engine_reply(frames, now, out) } else { task.submit(frames, now, out) });
         if let Some(Err(e)) = r {
@@ -666,7 +665,7 @@ impl Scheduler {
             let frames = frames_of(msgs);
             let peer = frames.first().cloned().unwrap_or_default();
             // As for load-balanced tasks: a broadcast runs code on every engine.
-            let Some(frames) = self.verified("broadcast", frames) else { continue };
+            let Some(frames) = self.verified("broadcast", &peer, frames) else { continue };
             let mut out = BOut { socks: &self.socks, counters: &mut self.counters };
             let r = match leaf {
                 None => {

@@ -27,15 +27,17 @@ impl Hub {
         let Some(e) = self.reg.complete(uuid) else { return false };
         info!(engine = %e.id, uuid = %e.uuid, "engine registered");
         self.stats.registered += 1;
-        self.status.engine_registered(e.id, &e.uuid, Instant::now());
-        self.book.engine(e.id, &e.uuid);
-        out.push(HubOut::Notify {
-            msg_type: "registration_notification",
-            content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
-            parent: Vec::new(),
-        });
-        out.push(HubOut::SaveState(self.reg.state()));
+        self.admitted(&e, Instant::now(), out);
         true
+    }
+
+    /// An engine is in the registry now (registered or re-admitted): the status page, the
+    /// book, clients and schedulers (`registration_notification`) and the state file learn it.
+    fn admitted(&mut self, e: &Engine, at: Instant, out: &mut impl Outbox) {
+        self.status.engine_registered(e.id, &e.uuid, at);
+        self.book.engine(e.id, &e.uuid);
+        notify(out, "registration_notification", e);
+        out.push(HubOut::SaveState(self.reg.state()));
     }
 
     /// A lost engine's heart answers again (a link came back, a SIGSTOPped engine was
@@ -50,14 +52,7 @@ impl Hub {
         }
         warn!(engine = %e.id, uuid = %e.uuid, "engine re-admitted: its heart answers again");
         self.stats.readmitted += 1;
-        self.status.engine_registered(e.id, &e.uuid, now.at);
-        self.book.engine(e.id, &e.uuid);
-        out.push(HubOut::Notify {
-            msg_type: "registration_notification",
-            content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
-            parent: Vec::new(),
-        });
-        out.push(HubOut::SaveState(self.reg.state()));
+        self.admitted(&e, now.at, out);
         true
     }
 
@@ -69,11 +64,7 @@ impl Hub {
                 self.status.engine_lost(&e.uuid, now.at);
                 self.heart.forget(e.uuid.as_bytes());
                 out.push(HubOut::SaveState(self.reg.state()));
-                out.push(HubOut::Notify {
-                    msg_type: "unregistration_notification",
-                    content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }),
-                    parent: Vec::new(),
-                });
+                notify(out, "unregistration_notification", &e);
                 self.give_up_inflight(e.id, true, now);
                 self.book.strand(now.at + self.s.registration_timeout, e);
             }
@@ -94,17 +85,42 @@ impl Hub {
             let now = at.wall;
             let evalue = format!("Engine {} died while running task '{msg_id}'", e.id);
             self.status.stranded(&msg_id, e.id, seen, evalue.clone(), at.at);
-            let content = error_value("EngineError", evalue);
-            let uuid = e.uuid.clone();
-            let mut content = Some(content);
-            let r = self.store.update(&msg_id, Missing::Skip, &mut |r| {
-                r.result_content = content.take().unwrap_or_default();
-                r.result_header = vmap! {"engine" => uuid.clone(), "date" => format_iso(&now)};
-                r.result_buffers = Vec::new();
-                r.completed = Some(now);
-                r.engine_uuid = Some(uuid.clone());
-            });
-            self.store_failed("stranded request", &msg_id, r);
+            self.fail_record(&msg_id, error_value("EngineError", evalue), Some(e.uuid.clone()), None, now, "stranded request");
         }
     }
+
+    /// Completes the record of a request that will never get its reply with an error
+    /// result the hub made: the stranded requests of a lost engine, and those in flight
+    /// across a restart ([`super::inflight`]). `engine_uuid` is recorded when known;
+    /// `result_metadata`, when given, replaces the record's.
+    pub(super) fn fail_record(
+        &mut self,
+        msg_id: &str,
+        content: Value,
+        engine_uuid: Option<String>,
+        result_metadata: Option<Value>,
+        wall: Timestamp,
+        what: &str,
+    ) {
+        let mut update = Some((content, result_metadata));
+        let r = self.store.update(msg_id, Missing::Skip, &mut |r| {
+            let Some((content, md)) = update.take() else { return };
+            r.result_content = content;
+            r.result_header = vmap! {"engine" => engine_uuid.clone().unwrap_or_default(), "date" => format_iso(&wall)};
+            r.result_buffers = Vec::new();
+            if let Some(md) = md {
+                r.result_metadata = md;
+            }
+            r.completed = Some(wall);
+            if engine_uuid.is_some() {
+                r.engine_uuid = engine_uuid.clone();
+            }
+        });
+        self.store_failed(what, msg_id, r);
+    }
+}
+
+/// A `registration_notification` or `unregistration_notification` for engine `e`.
+fn notify(out: &mut impl Outbox, msg_type: &'static str, e: &Engine) {
+    out.push(HubOut::Notify { msg_type, content: to_value(&EngineNotification { id: e.id.0, uuid: e.uuid.clone() }), parent: Vec::new() });
 }

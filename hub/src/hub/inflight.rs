@@ -13,8 +13,7 @@
 use super::{error_value, Hub, Now};
 use crate::records::{Field, Fields};
 use crate::store::query::{Op, Query, Q};
-use crate::store::{Missing, StoreError};
-use ippx_protocol::datetime::format_iso;
+use crate::store::StoreError;
 use ippx_protocol::{vmap, EngineId};
 use std::collections::{BTreeMap, HashMap};
 use tracing::{info, warn};
@@ -124,15 +123,8 @@ impl Hub {
 
     fn fail_restored(&mut self, msg_id: &str, ename: &str, evalue: String, engine_uuid: Option<String>, now: Now) {
         warn!(msg_id, ename, "{evalue}");
-        let mut content = Some(error_value(ename, evalue));
-        let wall = now.wall;
-        let r = self.store.update(msg_id, Missing::Skip, &mut |r| {
-            r.result_content = content.take().unwrap_or_default();
-            r.result_header = vmap! {"engine" => engine_uuid.clone().unwrap_or_default(), "date" => format_iso(&wall)};
-            r.result_metadata = vmap! {"status" => "error"};
-            r.completed = Some(wall);
-        });
-        self.store_failed("restored in-flight request", msg_id, r);
+        let md = vmap! {"status" => "error"};
+        self.fail_record(msg_id, error_value(ename, evalue), engine_uuid, Some(md), now.wall, "restored in-flight request");
     }
 }
 
