@@ -45,8 +45,17 @@ pub fn cluster_id(a: &EngineArgs) -> String {
     std::env::var("IPP_CLUSTER_ID").unwrap_or_default()
 }
 
-/// Reads the connection info, waiting up to `wait_for_url_file` for a file.
+/// Reads the connection info, waiting up to `wait_for_url_file` for a file. As ipengine,
+/// `$IPP_CURVE_SERVERKEY` supplies the controller's CURVE key when the info has none.
 pub fn load(a: &EngineArgs) -> Result<(EngineConnectionFile, String), ConnectError> {
+    let (mut info, from) = load_info(a)?;
+    if info.curve_serverkey.as_deref().is_none_or(str::is_empty) {
+        info.curve_serverkey = std::env::var("IPP_CURVE_SERVERKEY").ok().filter(|k| !k.is_empty());
+    }
+    Ok((info, from))
+}
+
+fn load_info(a: &EngineArgs) -> Result<(EngineConnectionFile, String), ConnectError> {
     if a.url_file.is_none() {
         if let Ok(env) = std::env::var("IPP_CONNECTION_INFO") {
             if !env.is_empty() {

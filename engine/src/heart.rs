@@ -20,11 +20,19 @@ pub struct Heart {
 }
 
 impl Heart {
-    pub fn start(ctx: &zmq::Context, ping_url: &str, pong_url: &str, identity: &[u8]) -> Result<Heart, crate::supervisor::EngineError> {
+    pub fn start(
+        ctx: &zmq::Context,
+        security: &tp::Security,
+        ping_url: &str,
+        pong_url: &str,
+        identity: &[u8],
+    ) -> Result<Heart, crate::supervisor::EngineError> {
         let sub = tp::socket(ctx, SocketType::SUB, None)?;
+        security.apply(&sub)?;
         sub.set_subscribe(b"")?;
         tp::connect(&sub, ping_url)?;
         let pong = tp::socket(ctx, SocketType::DEALER, Some(identity))?;
+        security.apply(&pong)?;
         tp::connect(&pong, pong_url)?;
         let state = Arc::new(HeartState::default());
         let st = state.clone();

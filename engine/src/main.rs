@@ -77,6 +77,7 @@ fn main() -> Result<()> {
         key: info.key.clone(),
         signature_scheme: info.signature_scheme.clone(),
         registration_url: ippx_protocol::connection::url(&info.interface, info.registration),
+        curve_serverkey: info.curve_serverkey.clone(),
         username: cfg.username.clone(),
         profile_dir: connect::profile_dir(&a).display().to_string(),
         shell_config: a.shell_config.clone(),

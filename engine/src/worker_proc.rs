@@ -25,6 +25,8 @@ pub struct WorkerSpec {
     pub key: String,
     pub signature_scheme: String,
     pub registration_url: String,
+    /// The controller's CURVE key, for the orphaned worker's unregistration.
+    pub curve_serverkey: Option<String>,
     pub username: String,
     pub profile_dir: String,
     pub shell_config: Vec<(String, String)>,
@@ -45,6 +47,7 @@ impl WorkerSpec {
             "key": self.key,
             "signature_scheme": self.signature_scheme,
             "registration_url": self.registration_url,
+            "curve_serverkey": self.curve_serverkey,
             "username": self.username,
             "profile_dir": self.profile_dir,
             "shell_config": self.shell_config,

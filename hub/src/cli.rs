@@ -80,6 +80,12 @@ pub struct HubConfig {
     pub secure: bool,
     pub signature_scheme: String,
     pub username: Option<String>,
+    /// CurveZMQ on every socket (`IPP_ENABLE_CURVE=1`, `IPController.enable_curve`).
+    pub enable_curve: bool,
+    /// The controller's CURVE key pair, Z85 (`IPP_CURVE_PUBLICKEY`/`IPP_CURVE_SECRETKEY`);
+    /// generated at start when not given.
+    pub curve_publickey: Option<String>,
+    pub curve_secretkey: Option<String>,
     pub record_limit: usize,
     pub size_limit: usize,
     pub cull_fraction: f64,
@@ -149,6 +155,9 @@ impl Default for HubConfig {
             secure: true,
             signature_scheme: "hmac-sha256".into(),
             username: None,
+            enable_curve: false,
+            curve_publickey: None,
+            curve_secretkey: None,
             record_limit: 1024,
             size_limit: 1 << 30,
             cull_fraction: 0.1,
@@ -265,6 +274,9 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
         "IPController.registration_timeout" => cfg.registration_timeout = Some(parse_num(name, &v)?),
         "IPController.reuse_files" => cfg.reuse = parse_bool(name, &v)?,
         "IPController.restore_engines" => cfg.restore = parse_bool(name, &v)?,
+        "IPController.enable_curve" => cfg.enable_curve = parse_bool(name, &v)?,
+        "IPController.curve_publickey" => cfg.curve_publickey = Some(unquote_bytes(&v)),
+        "IPController.curve_secretkey" => cfg.curve_secretkey = Some(unquote_bytes(&v)),
         "IPController.db_class" => {
             cfg.db = db_from_class(&v).ok_or_else(|| CliError(format!("--{name}: unsupported db class {v:?} (DictDB, SQLiteDB or NoDB)")))?
         }
@@ -274,7 +286,7 @@ pub fn apply_trait(cfg: &mut HubConfig, name: &str, raw: &str) -> Result<bool, C
         "TaskScheduler.hwm" => cfg.hwm = parse_num(name, &v)?,
         "Session.packer" => cfg.packer = v.parse().map_err(|e| CliError(format!("--{name}: {e}")))?,
         "Session.unpacker" => cfg.unpacker = Some(v.parse().map_err(|e| CliError(format!("--{name}: {e}")))?),
-        "Session.key" => cfg.key = Some(v.trim_start_matches("b'").trim_end_matches('\'').to_owned()),
+        "Session.key" => cfg.key = Some(unquote_bytes(&v)),
         "Session.keyfile" => cfg.keyfile = Some(PathBuf::from(v)),
         "Session.signature_scheme" => cfg.signature_scheme = v,
         "Session.username" => cfg.username = Some(v),
@@ -514,9 +526,21 @@ pub fn apply_env(cfg: &mut HubConfig, get: impl Fn(&str) -> Option<String>) {
     if let Some(v) = get("IPP_SESSION_KEY") {
         cfg.key = Some(v);
     }
-    if get("IPP_ENABLE_CURVE").is_some_and(|v| !v.is_empty() && v != "0") {
-        cfg.warnings.push("IPP_ENABLE_CURVE is set, but ippx does not support CurveZMQ yet; using HMAC signing".into());
+    // As ipcontroller: only "1" turns it on.
+    if get("IPP_ENABLE_CURVE").is_some_and(|v| v == "1") {
+        cfg.enable_curve = true;
     }
+    if let Some(v) = get("IPP_CURVE_PUBLICKEY").filter(|v| !v.is_empty()) {
+        cfg.curve_publickey = Some(v);
+    }
+    if let Some(v) = get("IPP_CURVE_SECRETKEY").filter(|v| !v.is_empty()) {
+        cfg.curve_secretkey = Some(v);
+    }
+}
+
+/// A traitlets `Bytes` value as a config file or command line writes it: `b'...'` or plain.
+fn unquote_bytes(v: &str) -> String {
+    v.trim_start_matches("b'").trim_end_matches('\'').to_owned()
 }
 
 /// Applies simple `c.Class.trait = literal` lines of an `ipcontroller_config.py`.
@@ -604,6 +628,10 @@ Usage: ippx-hub [options]
                           again (stock); by default it is re-admitted under its id
   --Session.packer=NAME   msgpack (default) or json
   --Session.key=KEY, --keyfile=PATH, --no-secure
+  --IPController.enable_curve=True   CurveZMQ on every socket (or $IPP_ENABLE_CURVE=1); the
+                          public key goes in the connection files, messages are not signed
+                          (unless a key is given); keys from $IPP_CURVE_PUBLICKEY and
+                          $IPP_CURVE_SECRETKEY (or --IPController.curve_*key), else generated
   --Class.trait=VALUE     any ipcontroller trait; unknown ones are ignored with a warning
   --no-scheduler          do not start ippx-scheduler (run it yourself; needs --ports)
   --scheduler-mode=thread|process   run the scheduler on a thread of ippx-hub (default:
@@ -726,5 +754,26 @@ mod tests {
         });
         assert_eq!(c.profile_dir.as_deref(), Some(Path::new("/tmp/p")));
         assert_eq!((c.cluster_id.as_str(), c.key.as_deref()), ("abc", Some("k")));
+    }
+
+    #[test]
+    fn curve_is_on_only_for_ipp_enable_curve_1_and_takes_keys_from_env() {
+        let mut c = HubConfig::default();
+        apply_env(&mut c, |k| (k == "IPP_ENABLE_CURVE").then(|| "yes".into()));
+        assert!(!c.enable_curve, "ipcontroller enables CURVE only for \"1\"");
+        apply_env(&mut c, |k| match k {
+            "IPP_ENABLE_CURVE" => Some("1".into()),
+            "IPP_CURVE_PUBLICKEY" => Some("P".into()),
+            "IPP_CURVE_SECRETKEY" => Some("S".into()),
+            _ => None,
+        });
+        assert!(c.enable_curve);
+        assert_eq!((c.curve_publickey.as_deref(), c.curve_secretkey.as_deref()), (Some("P"), Some("S")));
+        let mut d = HubConfig::default();
+        parse_args(&mut d, &args(&["--IPController.enable_curve=True", "--IPController.curve_secretkey=b'S'"])).expect("ok");
+        assert!(d.enable_curve);
+        assert_eq!(d.curve_secretkey.as_deref(), Some("S"));
+        let shown = crate::settings::flatten(&d);
+        assert_eq!(shown["session.curve_keys"], "<set>", "--print-config never shows a secret key");
     }
 }

@@ -40,6 +40,10 @@ pub enum DeployError {
         "--print-connection-info needs the key from $IPP_SESSION_KEY, --Session.key or --keyfile (without one a random key is made on every start)"
     )]
     NoKey,
+    #[error("--print-connection-info with CURVE needs the controller's keys in $IPP_CURVE_PUBLICKEY and $IPP_CURVE_SECRETKEY (without them a pair is made on every start)")]
+    NoCurveKeys,
+    #[error("{0}")]
+    Curve(#[from] ippx_transport::TransportError),
     #[error("reading keyfile {path}: {source}")]
     Keyfile { path: String, source: std::io::Error },
     #[error("--print-connection-info with --reuse: the files of the last run decide; read them instead")]
@@ -122,8 +126,8 @@ fn key(cfg: &HubConfig) -> Result<String, DeployError> {
         (None, Some(f)) => {
             std::fs::read_to_string(f).map(|s| s.trim().to_owned()).map_err(|source| DeployError::Keyfile { path: f.display().to_string(), source })
         }
-        // --no-secure: an empty key, as the controller uses then.
-        (None, None) if !cfg.secure => Ok(String::new()),
+        // --no-secure, or CURVE: an empty key, as the controller uses then.
+        (None, None) if !cfg.secure || cfg.enable_curve => Ok(String::new()),
         (None, None) => Err(DeployError::NoKey),
     }
 }
@@ -159,7 +163,12 @@ pub fn connection_files(cfg: &HubConfig) -> Result<(EngineConnectionFile, Client
     }
     let key = key(cfg)?;
     // The same files a running controller writes, from the planned ports (all fixed here).
-    let plan = crate::controller::plan::Plan { key, packer: cfg.packer, ports: p.clone(), reused: false };
+    let curve = match (cfg.enable_curve, &cfg.curve_publickey, &cfg.curve_secretkey) {
+        (false, _, _) => None,
+        (true, Some(public), Some(secret)) => Some(ippx_transport::CurveKeys::from_z85(public, secret)?),
+        (true, _, _) => return Err(DeployError::NoCurveKeys),
+    };
+    let plan = crate::controller::plan::Plan { key, packer: cfg.packer, ports: p.clone(), reused: false, curve };
     let bound = crate::controller::plan::Bound {
         registration: p.registration,
         hb_ping: p.hb_ping,

@@ -78,6 +78,9 @@ pub struct SessionSection {
     pub signature_scheme: Option<String>,
     pub key: Option<String>,
     pub keyfile: Option<PathBuf>,
+    /// CurveZMQ; the keys come from the environment or `--IPController.curve_*key` only,
+    /// so a secret key is never in a file meant to be shared.
+    pub enable_curve: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +171,7 @@ impl FileLayer {
         put(cfg, "session.signature_scheme", "Session.signature_scheme", s.signature_scheme)?;
         put(cfg, "session.key", "Session.key", s.key)?;
         put(cfg, "session.keyfile", "Session.keyfile", s.keyfile.map(|p| p.display().to_string()))?;
+        put(cfg, "session.enable_curve", "IPController.enable_curve", s.enable_curve)?;
 
         let st = self.store;
         if let Some(b) = st.backend {
@@ -260,6 +264,8 @@ pub fn flatten(c: &HubConfig) -> BTreeMap<&'static str, String> {
     m.insert("session.key", if c.key.as_deref().is_some_and(|k| !k.is_empty()) { "<set>".into() } else { String::new() });
     m.insert("session.keyfile", c.keyfile.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     m.insert("session.secure", c.secure.to_string());
+    m.insert("session.enable_curve", c.enable_curve.to_string());
+    m.insert("session.curve_keys", if c.curve_secretkey.is_some() { "<set>".into() } else { String::new() });
     let backend = match c.db {
         DbBackend::Dict => "dict",
         DbBackend::Sqlite => "sqlite",

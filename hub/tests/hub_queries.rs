@@ -572,6 +572,35 @@ fn tasks_in_flight_across_a_restart_complete_or_fail_clearly() {
     assert_eq!(status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work");
 }
 
+#[test]
+fn a_dead_scheduler_child_fails_what_it_held_and_waits_for_what_engines_have() {
+    let mut c = Cluster::new(Hub::new(settings(false), Instant::now()));
+    let late = c.submit("late", &[b"f"], "e0");
+    let lost = c.submit("lost", &[b"f"], "e1");
+    let h = c.client.new_header("apply_request");
+    let md = vmap! {"after" => list(&[]), "follow" => list(&[]), "timeout" => 0.0f64, "targets" => list(&[]), "retries" => 0i64};
+    c.monitor(b"intask", &[b"client"], &h, "", &md, &Value::map(), &[]);
+    let held = h.msg_id;
+    let now = c.clock();
+    assert_eq!(c.hub.scheduler_died(now), (1, 2), "one lb task held unsent, two requests on engines");
+    let status = |c: &mut Cluster, id: &str| {
+        let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&[id]), "status_only" => false});
+        if r.get("pending") == &list(&[id]) {
+            "pending".to_owned()
+        } else {
+            r.get(id).get("result_content").get("ename").as_str().unwrap_or("ok").to_owned()
+        }
+    };
+    assert_eq!(status(&mut c, &held), "EngineError", "the dead scheduler held it");
+    let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => false});
+    assert_eq!(q.get("unassigned"), &Value::from(0i64));
+    assert_eq!(status(&mut c, &late.msg_id), "pending");
+    c.finish(&late, "e0", &[b"r"], "ok");
+    assert_eq!(status(&mut c, &late.msg_id), "ok", "its reply came through the new scheduler");
+    c.direct("e1");
+    assert_eq!(status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work: the reply was lost");
+}
+
 // The hub's per-task bookkeeping stays bounded over many tasks (issue 6), while the
 // answers stock gives from its ever-growing sets stay exact: `result_request` status of
 // any completed msg_id, `queue_request` counts.

@@ -9,10 +9,15 @@ hang) and that no completed result is lost.
 | the hub, sqlite,  | EngineError from the new | the result, from   | the result, from the new    |
 | then --restore    | hub (it never reached an | the new hub        | hub (libzmq on the engine   |
 |                   | engine)                  |                    | keeps it until reconnect)   |
+| the scheduler     | EngineError (it held the | the result, from   | the result, or              |
+| child (process    | task; the hub fails it   | the hub, once the  | ControllerRestarted once    |
+| mode): the hub    | and restarts the child   | engine answers the | the engine answers later    |
+| restarts it       | on the same ports)       | new scheduler      | work (its reply was lost)   |
 | the client        | (test_reliability.py: every result reaches the hub and a new Client) |
 
-Not covered: kill -9 of the scheduler in --scheduler-mode=process; the controller then
-stops (it cannot serve without it) and a Client waits until its own timeout.
+After a scheduler restart the results come from the hub (`get_result`, a new Client):
+clients reconnect under new routing ids, so the old AsyncResults are not resolved; new
+work from the same Client runs as before.
 """
 
 import os
@@ -132,3 +137,37 @@ def test_hub_killed_with_tasks_queued_running_and_replying(ippx_controller_facto
         assert rc2[:].apply_sync(_sleep_then, 0, 1) == [1, 1]
     finally:
         rc2.close()
+
+
+@pytest.mark.parametrize("engine_kind", ["ipengine", "ippx-engine"])
+def test_scheduler_child_killed_with_tasks_queued_running_and_replying(ippx_controller_factory, engine_kind):
+    ctl = ippx_controller_factory("--scheduler-mode=process")
+    (ctl.start_engines if engine_kind == "ipengine" else ctl.start_ippx_engines)(2)
+    rc = ctl.wait_for_engines(2, timeout=30)
+    a, b = sorted(rc.ids)
+    done = rc[a].apply_async(_sleep_then, 0, "done")
+    assert done.get(timeout=BOUND) == "done"
+    running = rc[a].apply_async(_sleep_then, 3, "running")  # answers the new scheduler
+    lview = rc.load_balanced_view(targets=[b])
+    replying = lview.apply_async(_sleep_then, 0.3, "replying")  # answers while none listens
+    queued = lview.apply_async(_sleep_then, 0, "queued")  # held by the scheduler (hwm=1)
+    ids = {k: ar.msg_ids[0] for k, ar in (("done", done), ("running", running), ("replying", replying), ("queued", queued))}
+    e2e_util.wait_for(lambda: rc.queue_status()["unassigned"] == 1, timeout=10, what="the lb task waiting in the scheduler")
+    old = ctl.scheduler_pid()
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    e2e_util.wait_for(lambda: e2e_util.child_matching(ctl.proc.pid, "ippx-scheduler") not in (None, old), timeout=10, what="a new scheduler child")
+    restarted = time.monotonic() - t0
+    assert ctl.proc.poll() is None, "the controller stopped with its scheduler"
+    # new work from the same Client, on both engines, through the new scheduler
+    assert rc[:].apply_sync(_sleep_then, 0, 1) == [1, 1]
+    assert rc.load_balanced_view(targets=[b]).apply_sync(_sleep_then, 0, 2) == 2
+    rc2 = ctl.client()
+    got = {k: _outcome(rc2.get_result(m, owner=False)) for k, m in ids.items()}
+    for k, (what, v, took) in got.items():
+        print(f"\n[{engine_kind}] scheduler killed (new one after {restarted:.2f}s), task {k}: {what} {v!r} after {took:.2f}s")
+    assert got["done"][:2] == ("result", "done"), "a completed result was lost"
+    assert got["running"][:2] == ("result", "running")
+    assert got["replying"][:2] in (("result", "replying"), ("ControllerRestarted", None)), got["replying"]
+    assert got["queued"][0] == "EngineError", "a task the dead scheduler held must fail, not hang"
+    assert rc2.queue_status()["unassigned"] == 0

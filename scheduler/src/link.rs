@@ -211,7 +211,8 @@ impl SchedulerArgs {
     }
 
     /// The scheduler configuration these arguments describe, monitoring over a socket.
-    pub fn config(&self, key: &str) -> Result<SchedulerConfig, LinkError> {
+    /// `curve`: the controller's CURVE keys (from the environment, never the command line).
+    pub fn config(&self, key: &str, curve: Option<tp::CurveKeys>) -> Result<SchedulerConfig, LinkError> {
         let n = self.engine_broadcast.len();
         if !(n.is_power_of_two() && n >= 2) {
             return Err(LinkError::Args("--engine-broadcast needs 2**depth ports, depth >= 1".into()));
@@ -234,6 +235,7 @@ impl SchedulerArgs {
             task_mode: self.scheme,
             hwm: self.hwm,
             stranded_delay: Duration::from_secs(5),
+            curve,
         })
     }
 }
@@ -275,12 +277,12 @@ mod tests {
     #[test]
     fn config_checks_port_counts() {
         let mut a = args();
-        assert!(a.config("k").is_ok());
+        assert!(a.config("k", None).is_ok());
         a.engine_broadcast = vec![1, 2, 3];
-        assert!(a.config("k").is_err());
+        assert!(a.config("k", None).is_err());
         a.engine_broadcast = vec![1, 2];
         a.client_ports = vec![1];
-        assert!(a.config("k").is_err());
+        assert!(a.config("k", None).is_err());
     }
 
     #[test]

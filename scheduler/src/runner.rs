@@ -77,6 +77,9 @@ pub struct SchedulerConfig {
     pub task_mode: TaskMode,
     pub hwm: usize,
     pub stranded_delay: Duration,
+    /// The controller's CURVE keys: every socket bound here is a CURVE server, and the
+    /// ones to the hub connect as its clients.
+    pub curve: Option<tp::CurveKeys>,
 }
 
 enum Monitor {
@@ -91,6 +94,8 @@ enum Monitor {
 /// thread wake-ups of a latency-bound load (2 engines, hwm 1).
 const MONITOR_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
 const MONITOR_BATCH: u32 = 512;
+/// How long client input waits at start while engines the hub knows reconnect.
+const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 impl Monitor {
     fn send(&self, frames: Vec<Vec<u8>>) {
@@ -240,15 +245,21 @@ impl Scheduler {
     /// metrics this scheduler updates (registered by the caller if it serves them).
     pub fn bind(ctx: &zmq::Context, mut cfg: SchedulerConfig, counters: Counters) -> anyhow::Result<Self> {
         let t = cfg.transport.as_str();
-        let router = |id: &[u8]| tp::socket(ctx, SocketType::ROUTER, Some(id));
+        let security = tp::Security::server(cfg.curve.as_ref());
+        let server = |kind, id: Option<&[u8]>| -> tp::Result<zmq::Socket> {
+            let s = tp::socket(ctx, kind, id)?;
+            security.apply(&s)?;
+            Ok(s)
+        };
+        let router = |id: &[u8]| server(SocketType::ROUTER, Some(id));
         let mux_in = router(b"mux_in")?;
         let mux_out = router(b"mux_out")?;
         let ctl_in = router(b"control_in")?;
         let ctl_out = router(b"control_out")?;
         let task_in = router(b"task_in")?;
-        let task_out = if cfg.task_mode == TaskMode::Pure { tp::socket(ctx, SocketType::DEALER, Some(b"task_out"))? } else { router(b"task_out")? };
-        let iopub_sub = tp::socket(ctx, SocketType::SUB, None)?;
-        let iopub_pub = tp::socket(ctx, SocketType::PUB, None)?;
+        let task_out = if cfg.task_mode == TaskMode::Pure { server(SocketType::DEALER, Some(b"task_out"))? } else { router(b"task_out")? };
+        let iopub_sub = server(SocketType::SUB, None)?;
+        let iopub_pub = server(SocketType::PUB, None)?;
         let bcast_root = router(b"sub_scheduler_0")?;
         let depth = cfg.engine_broadcast.len().max(2).trailing_zeros();
         let broadcast = BroadcastScheduler::new(depth, Session::new(cfg.session.clone())?);
@@ -279,14 +290,18 @@ impl Scheduler {
         let monitor = match std::mem::replace(&mut cfg.monitor, MonitorLink::Url(String::new())) {
             MonitorLink::Url(url) => {
                 let s = tp::socket(ctx, SocketType::PUB, None)?;
+                security.as_client().apply(&s)?;
                 tp::connect(&s, &url)?;
                 Monitor::Socket(s)
             }
             MonitorLink::Channel(link) => Monitor::Channel { link, pending: std::cell::Cell::new(0), since: std::cell::Cell::new(None) },
         };
+        // The hub's sockets are CURVE servers too (over inproc the options do nothing).
         let notif = tp::socket(ctx, SocketType::SUB, None)?;
+        security.as_client().apply(&notif)?;
         tp::connect(&notif, &cfg.notification_url)?;
         let query = tp::socket(ctx, SocketType::DEALER, None)?;
+        security.as_client().apply(&query)?;
         tp::connect(&query, &cfg.registration_url)?;
 
         let session = Session::new(cfg.session.clone())?;
@@ -314,6 +329,10 @@ impl Scheduler {
         let (_, req) = self.session.serialize(vec![], "connection_request", Parent::None, &Value::map(), &Value::map(), vec![])?;
         if let Err(e) = tp::send(&self.socks.query, req) {
             warn!("cannot send connection_request to the hub: {e}");
+        }
+        if self.await_reconnecting_engines(&stop)? {
+            info!("scheduler stopping");
+            return Ok(self.counters);
         }
         info!(?self.ports, mode = ?self.cfg.task_mode, "scheduler running");
         let mut poller = tp::Poller::new(&self.socks.poll_list(&stop))?;
@@ -450,7 +469,35 @@ impl Scheduler {
         }
     }
 
-    fn drain_query(&mut self) {
+    /// Engines the hub has when we start are reconnecting to us: this scheduler child was
+    /// restarted, or the hub restored them. Until one is back a request routed to it would
+    /// be dropped (ROUTER) or take it for dead (tasks), so client input waits in its
+    /// queues for [`RECONNECT_GRACE`] (libzmq redials every 100 ms). Waits up to 2 s for
+    /// the hub's answer first. Returns true when told to stop meanwhile.
+    fn await_reconnecting_engines(&mut self, stop: &WakeReceiver) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        let mut known = None;
+        while known.is_none() && Instant::now() < deadline {
+            let ready = tp::poll(&[stop.socket(), &self.socks.query], tp::ceil_ms(deadline.saturating_duration_since(Instant::now())))?;
+            if ready[0] {
+                return Ok(true);
+            }
+            if ready[1] {
+                known = self.drain_query();
+            }
+        }
+        if known.unwrap_or(0) > 0 {
+            info!(engines = known, grace_ms = RECONNECT_GRACE.as_millis() as u64, "engines known at start: client input waits while they reconnect");
+            if tp::poll(&[stop.socket()], RECONNECT_GRACE.as_millis() as i64)?[0] {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Handles the hub's answers; returns how many engines the last connection_reply named.
+    fn drain_query(&mut self) -> Option<usize> {
+        let mut known = None;
         while let Ok(Some(msgs)) = tp::try_recv(&self.socks.query) {
             let frames = frames_of(msgs);
             let (env, header) = match self.session.receive(frames, true) {
@@ -472,12 +519,14 @@ impl Scheduler {
                 }
             };
             info!(engines = content.engines.len(), "engines known to the hub at start");
+            known = Some(content.engines.len());
             let mut ids: Vec<(u64, String)> = content.engines.into_iter().filter_map(|(k, v)| k.parse().ok().map(|k| (k, v))).collect();
             ids.sort();
             for (_, uuid) in ids {
                 self.task_call(|task, out| task.add_engine(&uuid, Instant::now(), out));
             }
         }
+        known
     }
 
     fn drain_direct(&mut self, which: Direct) {

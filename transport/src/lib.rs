@@ -4,6 +4,9 @@
 //! through an inproc [`Waker`]. We never put an async reactor on `ZMQ_FD`: it is
 //! edge-triggered and an async wrapper that misses an edge hangs.
 
+pub mod curve;
+
+pub use curve::{CurveKeys, Security};
 pub use zmq;
 use zmq::{Context, Message, Socket, SocketType};
 
@@ -13,6 +16,8 @@ pub enum TransportError {
     Zmq { op: &'static str, addr: String, source: zmq::Error },
     #[error("cannot read bound port from endpoint {0:?}")]
     Endpoint(String),
+    #[error("CurveZMQ: {0}")]
+    Curve(String),
 }
 
 pub type Result<T> = std::result::Result<T, TransportError>;

@@ -210,7 +210,18 @@ impl Supervisor {
     ) -> Result<Supervisor, EngineError> {
         let uuid = session.session_id().to_owned();
         let ctx = zmq::Context::new();
-        let reg = tp::socket(&ctx, SocketType::DEALER, Some(uuid.as_bytes()))?;
+        // CURVE when the connection info names the controller's key (ipengine's rule);
+        // each socket gets a throwaway client key pair.
+        let security = tp::Security::client(info.curve_serverkey.as_deref())?;
+        if security.is_curve() {
+            tracing::info!("Using CurveZMQ security");
+        }
+        let socket = |kind, identity: Option<&[u8]>| -> Result<Socket, EngineError> {
+            let s = tp::socket(&ctx, kind, identity)?;
+            security.apply(&s)?;
+            Ok(s)
+        };
+        let reg = socket(SocketType::DEALER, Some(uuid.as_bytes()))?;
         reg.set_linger(1000)?;
         let reg_url = url(&info, info.registration);
         tracing::info!("registering with the controller at {reg_url} (uuid {uuid})");
@@ -221,16 +232,16 @@ impl Supervisor {
         tracing::info!("Completed registration with id {id} (heartbeat period {} ms)", reply.hb_period_ms);
 
         // ipengine's order: shell, control, IOPub, (startup code), heart last.
-        let shell = tp::socket(&ctx, SocketType::ROUTER, Some(uuid.as_bytes()))?;
+        let shell = socket(SocketType::ROUTER, Some(uuid.as_bytes()))?;
         tp::connect(&shell, &url(&info, info.mux))?;
         tp::connect(&shell, &url(&info, info.task))?;
         if !info.broadcast.is_empty() {
             let b = info.broadcast[(id as usize) % info.broadcast.len()];
             tp::connect(&shell, &url(&info, b))?;
         }
-        let control = tp::socket(&ctx, SocketType::ROUTER, Some(uuid.as_bytes()))?;
+        let control = socket(SocketType::ROUTER, Some(uuid.as_bytes()))?;
         tp::connect(&control, &url(&info, info.control))?;
-        let iopub = tp::socket(&ctx, SocketType::PUB, None)?;
+        let iopub = socket(SocketType::PUB, None)?;
         iopub.set_linger(1000)?;
         tp::connect(&iopub, &url(&info, info.iopub))?;
 
@@ -243,7 +254,7 @@ impl Supervisor {
             None => WorkerProc::spawn(&spec)?,
         };
         let worker_in_process = worker.is_in_process();
-        let heart = Heart::start(&ctx, &url(&info, info.hb_ping), &url(&info, info.hb_pong), uuid.as_bytes())?;
+        let heart = Heart::start(&ctx, &security, &url(&info, info.hb_ping), &url(&info, info.hb_pong), uuid.as_bytes())?;
         let watchdog = Watchdog::new(args.max_heartbeat_misses);
         Ok(Supervisor {
             hb_period: Duration::from_millis(reply.hb_period_ms),

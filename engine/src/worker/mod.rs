@@ -102,6 +102,7 @@ fn unregister(conf: &serde_json::Value) -> Option<()> {
     let mut session = Session::new(cfg).ok()?;
     let ctx = ippx_transport::zmq::Context::new();
     let sock = ippx_transport::socket(&ctx, ippx_transport::zmq::SocketType::DEALER, None).ok()?;
+    ippx_transport::Security::client(conf.get("curve_serverkey").and_then(|k| k.as_str())).ok()?.apply(&sock).ok()?;
     let _ = sock.set_linger(1000);
     ippx_transport::connect(&sock, url).ok()?;
     let (_, frames) =

@@ -20,7 +20,16 @@ use tracing::{debug, error, warn};
 pub enum Event {
     ShutdownRequested,
     Fatal(String),
+    /// The hub has settled what a dead scheduler child held ([`WAKE_SCHEDULER_DIED`]);
+    /// a new one may start.
+    SchedulerReset,
 }
+
+/// The wake-up payload that stops the hub's loop.
+pub const WAKE_STOP: &[u8] = b"stop";
+/// The wake-up payload saying the scheduler child died: the hub reads the last monitor
+/// copies it sent, then settles what it held ([`crate::hub::Hub::scheduler_died`]).
+pub const WAKE_SCHEDULER_DIED: &[u8] = b"scheduler-died";
 
 pub(crate) struct HubSockets {
     pub registration: zmq::Socket,
@@ -109,8 +118,19 @@ impl HubIo {
             let timeout = if self.monitor_backlog { 0 } else { tp::ceil_ms(wait) };
             let ready = poller.poll(&self.socks.poll_list(&stop), timeout)?;
             if ready[slot::STOP] {
-                stop.drain();
-                return Ok(());
+                let wakes = stop.drain();
+                if wakes.iter().any(|w| w.as_slice() != WAKE_SCHEDULER_DIED) {
+                    return Ok(());
+                }
+                // Everything the dead scheduler sent first, so that a task it gave an
+                // engine is not taken for one it still held.
+                while let Some(msgs) = tp::try_recv(&self.socks.monitor)? {
+                    self.on_monitor(msgs, &mut outs);
+                    self.execute(&mut outs);
+                }
+                self.hub.scheduler_died(Now { at: Instant::now(), wall: ippx_protocol::datetime::now() });
+                let _ = self.events.send(Event::SchedulerReset);
+                continue;
             }
             // Replies and resubmissions can be sent from any iteration (timers complete
             // registrations), so those two sockets are always asked next time.

@@ -11,7 +11,7 @@ use ippx_protocol::SessionConfig;
 use ippx_scheduler::link::{monitor_channel, BoundPorts, MonitorLink, MonitorRx, RelayPorts, SchedulerArgs};
 use ippx_scheduler::runner::{Scheduler, SchedulerConfig};
 use ippx_telemetry::prometheus_client::registry::Registry;
-use ippx_transport::{self as tp, zmq, Waker};
+use ippx_transport::{self as tp, zmq, CurveKeys, Waker};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,9 +22,22 @@ use tracing::{error, info};
 
 /// The scheduler beside this hub.
 pub enum SchedulerRun {
-    Process(Child),
-    Thread { waker: Waker, join: std::thread::JoinHandle<()> },
+    /// `restarts`: when it was restarted, within the last [`RESTART_WINDOW`].
+    Process {
+        child: Child,
+        spawn: Spawn,
+        restarts: Vec<Instant>,
+    },
+    Thread {
+        waker: Waker,
+        join: std::thread::JoinHandle<()>,
+    },
 }
+
+/// A scheduler child is restarted at most this many times within [`RESTART_WINDOW`]: one
+/// that keeps dying is a bug to report, not a crash to ride out.
+pub const MAX_RESTARTS: usize = 5;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 
 /// Distinguishes the inproc endpoints of controllers sharing a process (tests do).
 static INPROC_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -50,6 +63,8 @@ pub struct HubEnd<'a> {
     pub notification_port: u16,
     pub monitor_port: u16,
     pub session: &'a SessionConfig,
+    /// The controller's CURVE keys: the scheduler's sockets use them too.
+    pub curve: Option<&'a CurveKeys>,
 }
 
 fn scheduler_path(cfg: &HubConfig) -> PathBuf {
@@ -102,7 +117,8 @@ pub fn launch(cfg: &HubConfig, ports: &crate::profile::PortPlan, hub: HubEnd<'_>
         }
         let mut args = scheduler_args(cfg, &planned, &hub);
         args.lifeline = false;
-        info!("not starting a scheduler; run: {} {} (key in $IPPX_SESSION_KEY)", scheduler_path(cfg).display(), args.to_argv().join(" "));
+        let curve = if hub.curve.is_some() { ", CURVE keys in $IPP_CURVE_PUBLICKEY and $IPP_CURVE_SECRETKEY" } else { "" };
+        info!("not starting a scheduler; run: {} {} (key in $IPPX_SESSION_KEY{curve})", scheduler_path(cfg).display(), args.to_argv().join(" "));
         return Ok(Launched { ports: planned, run: None, monitor_rx: None, notifications_published: None, registry: None });
     }
     match cfg.scheduler_mode {
@@ -136,6 +152,7 @@ fn thread(cfg: &HubConfig, planned: BoundPorts, hub: HubEnd<'_>) -> anyhow::Resu
         task_mode: cfg.scheme,
         hwm: cfg.hwm,
         stranded_delay: Duration::from_secs(5),
+        curve: hub.curve.cloned(),
     };
     let counters = ippx_scheduler::Counters::default();
     let mut registry = Registry::default();
@@ -157,14 +174,55 @@ fn thread(cfg: &HubConfig, planned: BoundPorts, hub: HubEnd<'_>) -> anyhow::Resu
     })
 }
 
+/// How to start the scheduler child, and again after it died: on the ports it bound
+/// first, so engines and clients reconnect to the new one by themselves.
+pub struct Spawn {
+    path: PathBuf,
+    args: SchedulerArgs,
+    key: String,
+    curve: Option<CurveKeys>,
+}
+
+impl Spawn {
+    fn start(&self) -> anyhow::Result<(Child, BoundPorts)> {
+        let mut cmd = Command::new(&self.path);
+        cmd.args(self.args.to_argv()).env("IPPX_SESSION_KEY", &self.key).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // Secrets through the environment, never argv (which `ps` shows to everyone).
+        match &self.curve {
+            Some(k) => cmd.env("IPP_CURVE_PUBLICKEY", k.public()).env("IPP_CURVE_SECRETKEY", k.secret()),
+            None => cmd.env_remove("IPP_CURVE_PUBLICKEY").env_remove("IPP_CURVE_SECRETKEY"),
+        };
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.path.display()))?;
+        match read_ready(&mut child).context("waiting for ippx-scheduler to bind its sockets") {
+            Ok(ports) => Ok((child, ports)),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// From now on, ask for exactly these ports.
+    fn pin(&mut self, ports: &BoundPorts) {
+        self.args.engine_ports = ports.engine.to_list().to_vec();
+        self.args.client_ports = ports.client.to_list().to_vec();
+        self.args.engine_broadcast.clone_from(&ports.engine_broadcast);
+        self.args.client_broadcast = ports.client_broadcast;
+    }
+}
+
 fn process(cfg: &HubConfig, planned: &BoundPorts, hub: HubEnd<'_>) -> anyhow::Result<Launched> {
-    let args = scheduler_args(cfg, planned, &hub);
-    let key = String::from_utf8_lossy(&hub.session.key).into_owned();
-    let mut cmd = Command::new(scheduler_path(cfg));
-    cmd.args(args.to_argv()).env("IPPX_SESSION_KEY", key).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", scheduler_path(cfg).display()))?;
-    let ports = read_ready(&mut child).context("waiting for ippx-scheduler to bind its sockets")?;
-    Ok(Launched { ports, run: Some(SchedulerRun::Process(child)), monitor_rx: None, notifications_published: None, registry: None })
+    let mut spawn = Spawn {
+        path: scheduler_path(cfg),
+        args: scheduler_args(cfg, planned, &hub),
+        key: String::from_utf8_lossy(&hub.session.key).into_owned(),
+        curve: hub.curve.cloned(),
+    };
+    let (child, ports) = spawn.start()?;
+    spawn.pin(&ports);
+    let run = SchedulerRun::Process { child, spawn, restarts: Vec::new() };
+    Ok(Launched { ports, run: Some(run), monitor_rx: None, notifications_published: None, registry: None })
 }
 
 fn read_ready(child: &mut Child) -> anyhow::Result<BoundPorts> {
@@ -199,7 +257,7 @@ impl SchedulerRun {
                 }
                 true
             }
-            SchedulerRun::Process(child) => match child.try_wait() {
+            SchedulerRun::Process { child, .. } => match child.try_wait() {
                 Ok(None) => true,
                 Ok(Some(status)) => {
                     error!("ippx-scheduler exited: {status}");
@@ -213,13 +271,46 @@ impl SchedulerRun {
         }
     }
 
+    /// Whether [`SchedulerRun::respawn`] would start it again: a child restarted fewer
+    /// than [`MAX_RESTARTS`] times lately. A scheduler thread's end is a bug: never.
+    pub fn can_respawn(&mut self) -> bool {
+        match self {
+            SchedulerRun::Process { restarts, .. } => {
+                restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+                restarts.len() < MAX_RESTARTS
+            }
+            SchedulerRun::Thread { .. } => false,
+        }
+    }
+
+    /// Starts a scheduler child again after it died, on the same ports.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        if !self.can_respawn() {
+            bail!("the scheduler died {MAX_RESTARTS} times within {} s (or ran on a thread); not restarting it", RESTART_WINDOW.as_secs());
+        }
+        let SchedulerRun::Process { child, spawn, restarts } = self else {
+            bail!("the scheduler thread ended; it is not restarted");
+        };
+        restarts.push(Instant::now());
+        let _ = child.wait();
+        let (new, ports) = spawn.start()?;
+        let expected = [spawn.args.engine_ports.clone(), spawn.args.client_ports.clone(), spawn.args.engine_broadcast.clone()];
+        let got = [ports.engine.to_list().to_vec(), ports.client.to_list().to_vec(), ports.engine_broadcast.clone()];
+        *child = new;
+        if expected != got || ports.client_broadcast != spawn.args.client_broadcast {
+            bail!("the restarted ippx-scheduler bound other ports ({got:?}, expected {expected:?})");
+        }
+        info!(pid = child.id(), "ippx-scheduler restarted on the same ports");
+        Ok(())
+    }
+
     pub fn stop(self) {
         match self {
             SchedulerRun::Thread { waker, join } => {
                 waker.wake(b"stop");
                 let _ = join.join();
             }
-            SchedulerRun::Process(mut child) => {
+            SchedulerRun::Process { mut child, .. } => {
                 // Closing its stdin (the lifeline) makes it exit; kill as a backstop.
                 drop(child.stdin.take());
                 let deadline = Instant::now() + Duration::from_millis(100);

@@ -24,7 +24,7 @@ use io::{HubIo, HubSockets};
 use ippx_protocol::connection::{self, local_url, ClientConnectionFile, EngineConnectionFile};
 use ippx_protocol::{Session, SessionConfig};
 use ippx_telemetry::prometheus_client::registry::Registry;
-use ippx_transport::{self as tp, zmq, zmq::SocketType, Waker};
+use ippx_transport::{self as tp, zmq, zmq::SocketType, Security, Waker};
 use launch::{HubEnd, SchedulerRun};
 use std::future::Future;
 use std::path::PathBuf;
@@ -74,19 +74,26 @@ impl Controller {
         let ctx = zmq::Context::new();
         let t = cfg.transport.as_str();
         let p = &plan.ports;
-        let registration = tp::socket(&ctx, SocketType::ROUTER, None)?;
+        // Every socket we bind is a CURVE server when CURVE is on (as ipcontroller's).
+        let security = Security::server(plan.curve.as_ref());
+        let server = |kind| -> anyhow::Result<zmq::Socket> {
+            let s = tp::socket(&ctx, kind, None)?;
+            security.apply(&s)?;
+            Ok(s)
+        };
+        let registration = server(SocketType::ROUTER)?;
         tp::bound_for_strangers(&registration, QUERY_HWM, QUERY_MAX_FRAME)?;
         let reg_port = tp::bind(&registration, t, &cfg.engine_ip, p.registration)?;
         if cfg.client_ip != cfg.engine_ip {
             tp::bind(&registration, t, &cfg.client_ip, reg_port)?;
         }
-        let ping = tp::socket(&ctx, SocketType::PUB, None)?;
+        let ping = server(SocketType::PUB)?;
         let hb_ping = tp::bind(&ping, t, &cfg.engine_ip, p.hb_ping)?;
-        let pong = tp::socket(&ctx, SocketType::ROUTER, None)?;
+        let pong = server(SocketType::ROUTER)?;
         let hb_pong = tp::bind(&pong, t, &cfg.engine_ip, p.hb_pong)?;
-        let notification = tp::socket(&ctx, SocketType::PUB, None)?;
+        let notification = server(SocketType::PUB)?;
         let notif_port = tp::bind(&notification, t, &cfg.client_ip, p.notification)?;
-        let monitor = tp::socket(&ctx, SocketType::SUB, None)?;
+        let monitor = server(SocketType::SUB)?;
         // With the scheduler on our thread, copies come through a channel and are trusted
         // (see io.rs); the monitor socket is then not bound at all.
         let in_process = !cfg.no_scheduler && cfg.scheduler_mode == SchedulerMode::Thread;
@@ -100,6 +107,7 @@ impl Controller {
             notification_port: notif_port,
             monitor_port: mon_port,
             session: &session_cfg,
+            curve: plan.curve.as_ref(),
         };
         let launched = launch::launch(cfg, p, hub_end)?;
         let bound = plan::Bound {
@@ -113,6 +121,7 @@ impl Controller {
             client_broadcast: launched.ports.client_broadcast,
         };
         let submit = tp::socket(&ctx, SocketType::DEALER, None)?;
+        security.as_client().apply(&submit)?;
         tp::connect(&submit, &local_url(t, &cfg.client_ip, bound.client.task))?;
 
         let (engine_file, client_file) = plan::connection_files(cfg, &plan, &bound);
@@ -212,6 +221,16 @@ impl Controller {
         self.scheduler.as_mut().is_none_or(SchedulerRun::alive)
     }
 
+    /// Whether a dead scheduler would be restarted ([`SchedulerRun::can_respawn`]).
+    pub fn can_respawn_scheduler(&mut self) -> bool {
+        self.scheduler.as_mut().is_some_and(SchedulerRun::can_respawn)
+    }
+
+    /// Starts the scheduler child again (see [`SchedulerRun::respawn`]).
+    pub fn respawn_scheduler(&mut self) -> anyhow::Result<()> {
+        self.scheduler.as_mut().context("no scheduler to restart")?.respawn()
+    }
+
     pub fn stop_scheduler(&mut self) {
         if let Some(s) = self.scheduler.take() {
             s.stop();
@@ -282,6 +301,8 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
     let outcome = async {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // Since when the hub has been settling a dead scheduler's tasks.
+        let mut resetting: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut shutdown => return anyhow::Ok(Stopped::Shutdown),
@@ -293,11 +314,24 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
                             return Ok(Stopped::ShutdownRequest);
                         }
                         Ok(Event::Fatal(e)) => anyhow::bail!("hub loop failed: {e}"),
+                        Ok(Event::SchedulerReset) => {
+                            // The hub has settled what the dead one held: start a new one.
+                            ctl.respawn_scheduler().context("the scheduler died and could not be restarted; stopping the controller")?;
+                            health.children_ok.store(true, std::sync::atomic::Ordering::Relaxed);
+                            resetting = None;
+                        }
                         Err(_) => {}
                     }
-                    if !ctl.scheduler_alive() {
+                    if let Some(since) = resetting {
+                        anyhow::ensure!(since.elapsed() < Duration::from_secs(10), "the hub did not settle the dead scheduler's tasks; stopping the controller");
+                    } else if !ctl.scheduler_alive() {
                         health.children_ok.store(false, std::sync::atomic::Ordering::Relaxed);
-                        anyhow::bail!("the scheduler died; stopping the controller");
+                        // A scheduler child is restarted on its ports (engines and clients
+                        // reconnect by themselves) once the hub has read its last copies and
+                        // settled what it held; a scheduler thread's end stops us.
+                        anyhow::ensure!(ctl.can_respawn_scheduler(), "the scheduler died; stopping the controller");
+                        waker.wake(io::WAKE_SCHEDULER_DIED);
+                        resetting = Some(Instant::now());
                     }
                 }
             }
@@ -306,7 +340,7 @@ pub async fn run(cfg: &HubConfig, shutdown: impl Future<Output = ()>) -> anyhow:
     .await;
     // Files first: the stock test suite SIGKILLs us 0.25 s after SIGTERM.
     ctl.remove_connection_files();
-    waker.wake(b"stop");
+    waker.wake(io::WAKE_STOP);
     ctl.stop_scheduler();
     let _ = io_thread.join();
     let _ = stop_http.send(true);

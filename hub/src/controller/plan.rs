@@ -11,6 +11,7 @@ use ippx_protocol::content::EnginePorts;
 use ippx_protocol::session::new_id;
 use ippx_protocol::{Packer, SessionConfig};
 use ippx_scheduler::link::RelayPorts;
+use ippx_transport::CurveKeys;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -21,28 +22,58 @@ pub struct Plan {
     pub ports: PortPlan,
     /// The connection files were reused (`--reuse`): they are not written again.
     pub reused: bool,
+    /// The controller's CurveZMQ key pair when CURVE is on.
+    pub curve: Option<CurveKeys>,
+}
+
+/// The CURVE key pair `cfg` asks for: none, the configured one, or a new one.
+fn curve_keys(cfg: &HubConfig) -> anyhow::Result<Option<CurveKeys>> {
+    if !cfg.enable_curve {
+        return Ok(None);
+    }
+    let keys = match (&cfg.curve_publickey, &cfg.curve_secretkey) {
+        (Some(p), Some(s)) => CurveKeys::from_z85(p, s)?,
+        (None, None) => {
+            info!("generating new CURVE credentials");
+            CurveKeys::generate()?
+        }
+        _ => anyhow::bail!("CURVE needs both keys: IPP_CURVE_PUBLICKEY and IPP_CURVE_SECRETKEY (or neither, to generate a pair)"),
+    };
+    info!("using CurveZMQ security (public key {}); messages are not signed unless a session key is given", keys.public());
+    Ok(Some(keys))
 }
 
 /// Reused files must agree on what peers cannot renegotiate (docs/protocol.md, 2.1).
-fn load_reusable(profile: &Profile) -> Option<(EngineConnectionFile, ClientConnectionFile)> {
+/// With CURVE the files must also name our public key: a pair generated for this run
+/// (no `IPP_CURVE_*KEY` given) makes the old files unusable, and they are written anew.
+fn load_reusable(profile: &Profile, curve: Option<&CurveKeys>) -> Option<(EngineConnectionFile, ClientConnectionFile)> {
     let e: EngineConnectionFile = connection::read(&profile.engine_file()).ok()?;
     let c: ClientConnectionFile = connection::read(&profile.client_file()).ok()?;
     let same =
         e.key == c.key && e.registration == c.registration && e.pack == c.pack && e.unpack == c.unpack && e.signature_scheme == c.signature_scheme;
+    let server_key = curve.map(|k| k.public().to_owned());
+    if same && (e.curve_serverkey != server_key || c.curve_serverkey != server_key) {
+        warn!("--reuse: the connection files name another CURVE key; writing new ones (set IPP_CURVE_PUBLICKEY and IPP_CURVE_SECRETKEY to keep files across restarts)");
+        return None;
+    }
     same.then_some((e, c))
 }
 
 impl Plan {
     pub fn new(cfg: &HubConfig, profile: &Profile) -> anyhow::Result<Plan> {
+        let curve = curve_keys(cfg)?;
         let mut key = match (&cfg.key, &cfg.keyfile) {
             (Some(k), _) => k.clone(),
             (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading keyfile {}: {e}", f.display()))?.trim().to_owned(),
+            // As ipcontroller: CURVE authenticates every connection and stops replays, so
+            // the redundant HMAC is off unless a key is configured.
+            (None, None) if curve.is_some() => String::new(),
             (None, None) if cfg.secure => new_id(),
             _ => String::new(),
         };
         let mut packer = cfg.packer;
         let mut ports = crate::profile::plan_ports(cfg);
-        let reused = if cfg.reuse { load_reusable(profile) } else { None };
+        let reused = if cfg.reuse { load_reusable(profile, curve.as_ref()) } else { None };
         if let Some((e, c)) = &reused {
             info!("reusing connection files in {}", profile.security().display());
             key.clone_from(&e.key);
@@ -66,7 +97,7 @@ impl Plan {
                 monitor: 0,
             };
         }
-        Ok(Plan { key, packer, ports, reused: reused.is_some() })
+        Ok(Plan { key, packer, ports, reused: reused.is_some(), curve })
     }
 
     pub fn session(&self, cfg: &HubConfig) -> SessionConfig {
@@ -108,7 +139,7 @@ pub fn connection_files(cfg: &HubConfig, plan: &Plan, b: &Bound) -> (EngineConne
         hb_pong: b.hb_pong,
         broadcast: b.engine_broadcast.clone(),
         key: plan.key.clone(),
-        curve_serverkey: None,
+        curve_serverkey: plan.curve.as_ref().map(|k| k.public().to_owned()),
         location: location.clone(),
         pack: packer.clone(),
         unpack: packer.clone(),
@@ -126,7 +157,7 @@ pub fn connection_files(cfg: &HubConfig, plan: &Plan, b: &Bound) -> (EngineConne
         notification: b.notification,
         broadcast: b.client_broadcast,
         key: plan.key.clone(),
-        curve_serverkey: None,
+        curve_serverkey: plan.curve.as_ref().map(|k| k.public().to_owned()),
         location,
         pack: packer.clone(),
         unpack: packer,

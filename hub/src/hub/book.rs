@@ -213,6 +213,21 @@ impl TaskBook {
         Finished::Now { seen }
     }
 
+    /// Stops tracking a pending request without completing it: its record decides from
+    /// now on (a scheduler restart hands it to the in-flight waits).
+    pub fn forget(&mut self, msg_id: &str) {
+        self.unassigned.shift_remove(msg_id);
+        if !self.pending.remove(msg_id) {
+            return;
+        }
+        self.seen.remove(msg_id);
+        self.owner.remove(msg_id);
+        for q in self.queues.values_mut() {
+            q.queue.shift_remove(msg_id);
+            q.tasks.shift_remove(msg_id);
+        }
+    }
+
     /// Engine `e` is gone: its direct queue is failed at `due`, unless replies empty it.
     pub fn strand(&mut self, due: Instant, e: Engine) {
         self.stranded.push((due, e));

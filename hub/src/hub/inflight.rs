@@ -113,12 +113,41 @@ impl Hub {
                 (
                     "ControllerRestarted",
                     format!(
-                        "task '{id}' was in flight when the controller restarted; engine {engine} has answered later work, so its reply was lost"
+                        "task '{id}' was in flight when the controller (or its scheduler) restarted; engine {engine} has answered later work, so its reply was lost"
                     ),
                 )
             };
             self.fail_restored(&id, ename, evalue, uuid.clone(), now);
         }
+    }
+
+    /// The scheduler child died (`--scheduler-mode=process`, killed or crashed) and a new
+    /// one is about to start on the same ports. What it held is gone:
+    /// - a load-balanced task it had not given to an engine fails now (`EngineError`:
+    ///   resubmit it);
+    /// - a request an engine has, or had in the dead scheduler's pipes, is waited for as
+    ///   after a hub restart: its reply comes through the new scheduler, or the record
+    ///   fails once that engine answers later work or is gone.
+    ///
+    /// Clients connected before reach the new scheduler under new routing ids, so those
+    /// replies reach the hub (`get_result`, a new Client) but not the old AsyncResults.
+    /// Returns (failed, waited for).
+    pub fn scheduler_died(&mut self, now: Now) -> (usize, usize) {
+        let unassigned: Vec<String> = self.book.unassigned().iter().cloned().collect();
+        for id in &unassigned {
+            self.book.finish_task(id, false);
+            let why = format!("the scheduler died before task '{id}' reached an engine; resubmit it");
+            self.fail_restored(id, "EngineError", why, None, now);
+        }
+        let held: Vec<(EngineId, String)> =
+            self.book.all_queues().flat_map(|(e, q)| q.queue.iter().chain(q.tasks.iter()).map(move |m| (e, m.clone()))).collect();
+        for (e, id) in &held {
+            // Still pending to a Client, but the record decides now: a reply completes it.
+            self.book.forget(id);
+            self.inflight.add(id, *e);
+        }
+        warn!(failed = unassigned.len(), waiting = held.len(), "the scheduler died: tasks it held unsent failed; requests on engines are waited for");
+        (unassigned.len(), held.len())
     }
 
     fn fail_restored(&mut self, msg_id: &str, ename: &str, evalue: String, engine_uuid: Option<String>, now: Now) {

@@ -26,7 +26,12 @@ fn main() -> anyhow::Result<()> {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?.trim().to_owned(),
         None => std::env::var("IPPX_SESSION_KEY").unwrap_or_default(),
     };
-    let cfg = args.config(&key)?;
+    // The hub hands its CURVE keys over in the environment, as it does the session key.
+    let curve = match (std::env::var("IPP_CURVE_PUBLICKEY"), std::env::var("IPP_CURVE_SECRETKEY")) {
+        (Ok(p), Ok(s)) if !p.is_empty() && !s.is_empty() => Some(ippx_transport::CurveKeys::from_z85(&p, &s)?),
+        _ => None,
+    };
+    let cfg = args.config(&key, curve)?;
     let ctx = ippx_transport::zmq::Context::new();
     let counters = ippx_scheduler::Counters::default();
     let mut registry = ippx_telemetry::prometheus_client::registry::Registry::default();
