@@ -25,7 +25,7 @@ pub enum SchedulerRun {
     /// `restarts`: when it was restarted, within the last [`RESTART_WINDOW`].
     Process {
         child: Child,
-        spawn: Spawn,
+        spawn: Box<Spawn>,
         restarts: Vec<Instant>,
     },
     Thread {
@@ -221,7 +221,7 @@ fn process(cfg: &HubConfig, planned: &BoundPorts, hub: HubEnd<'_>) -> anyhow::Re
     };
     let (child, ports) = spawn.start()?;
     spawn.pin(&ports);
-    let run = SchedulerRun::Process { child, spawn, restarts: Vec::new() };
+    let run = SchedulerRun::Process { child, spawn: Box::new(spawn), restarts: Vec::new() };
     Ok(Launched { ports, run: Some(run), monitor_rx: None, notifications_published: None, registry: None })
 }
 
