@@ -533,6 +533,16 @@ fn sqlite_results_outlive_the_hub() {
     assert_eq!(r.get("status").as_str(), Some("ok"));
 }
 
+/// What `result_request` says of a task: "pending", "ok", or the error's ename.
+fn record_status(c: &mut Cluster, id: &str) -> String {
+    let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&[id]), "status_only" => false});
+    if r.get("pending") == &list(&[id]) {
+        "pending".to_owned()
+    } else {
+        r.get(id).get("result_content").get("ename").as_str().unwrap_or("ok").to_owned()
+    }
+}
+
 #[test]
 fn tasks_in_flight_across_a_restart_complete_or_fail_clearly() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -554,22 +564,14 @@ fn tasks_in_flight_across_a_restart_complete_or_fail_clearly() {
     let mut c = Cluster::restored(Hub::with_store(settings(false), store, Instant::now()));
     let now = c.clock();
     assert_eq!(c.hub.restore_inflight(now), 2, "e0's and e1's tasks wait for their engines");
-    let status = |c: &mut Cluster, id: &str| {
-        let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&[id]), "status_only" => false});
-        if r.get("pending") == &list(&[id]) {
-            "pending".to_owned()
-        } else {
-            r.get(id).get("result_content").get("ename").as_str().unwrap_or("ok").to_owned()
-        }
-    };
-    assert_eq!(status(&mut c, &orphan), "EngineError", "its engine is not restored");
-    assert_eq!(status(&mut c, &unassigned), "EngineError", "it never reached an engine");
-    assert_eq!(status(&mut c, &late.msg_id), "pending");
-    assert_eq!(status(&mut c, &lost.msg_id), "pending");
+    assert_eq!(record_status(&mut c, &orphan), "EngineError", "its engine is not restored");
+    assert_eq!(record_status(&mut c, &unassigned), "EngineError", "it never reached an engine");
+    assert_eq!(record_status(&mut c, &late.msg_id), "pending");
+    assert_eq!(record_status(&mut c, &lost.msg_id), "pending");
     c.finish(&late, "e0", &[b"r"], "ok");
-    assert_eq!(status(&mut c, &late.msg_id), "ok", "a reply after the restart completes the record");
+    assert_eq!(record_status(&mut c, &late.msg_id), "ok", "a reply after the restart completes the record");
     c.direct("e1");
-    assert_eq!(status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work");
+    assert_eq!(record_status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work");
 }
 
 #[test]
@@ -583,22 +585,14 @@ fn a_dead_scheduler_child_fails_what_it_held_and_waits_for_what_engines_have() {
     let held = h.msg_id;
     let now = c.clock();
     assert_eq!(c.hub.scheduler_died(now), (1, 2), "one lb task held unsent, two requests on engines");
-    let status = |c: &mut Cluster, id: &str| {
-        let (r, _) = c.ask("result_request", vmap! {"msg_ids" => list(&[id]), "status_only" => false});
-        if r.get("pending") == &list(&[id]) {
-            "pending".to_owned()
-        } else {
-            r.get(id).get("result_content").get("ename").as_str().unwrap_or("ok").to_owned()
-        }
-    };
-    assert_eq!(status(&mut c, &held), "EngineError", "the dead scheduler held it");
+    assert_eq!(record_status(&mut c, &held), "EngineError", "the dead scheduler held it");
     let (q, _) = c.ask("queue_request", vmap! {"targets" => Value::Nil, "verbose" => false});
     assert_eq!(q.get("unassigned"), &Value::from(0i64));
-    assert_eq!(status(&mut c, &late.msg_id), "pending");
+    assert_eq!(record_status(&mut c, &late.msg_id), "pending");
     c.finish(&late, "e0", &[b"r"], "ok");
-    assert_eq!(status(&mut c, &late.msg_id), "ok", "its reply came through the new scheduler");
+    assert_eq!(record_status(&mut c, &late.msg_id), "ok", "its reply came through the new scheduler");
     c.direct("e1");
-    assert_eq!(status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work: the reply was lost");
+    assert_eq!(record_status(&mut c, &lost.msg_id), "ControllerRestarted", "e1 answered later work: the reply was lost");
 }
 
 // The hub's per-task bookkeeping stays bounded over many tasks (issue 6), while the

@@ -106,6 +106,11 @@ struct OutBuf {
 
 /// How long printed output may wait to be coalesced into one stream message.
 const OUTPUT_LINGER: Duration = Duration::from_millis(50);
+/// A request's `busy` status waits this long, or until anything else is published or
+/// the reply is sent, whichever comes first: a short request's busy, reply and idle then
+/// leave together and wake libzmq's I/O thread once instead of twice. The order on the
+/// wire is stock's (busy, output, reply, idle); only busy's time is later, by at most this.
+const BUSY_DEFER: Duration = Duration::from_millis(2);
 const OUTPUT_MAX: usize = 64 * 1024;
 
 pub struct Supervisor {
@@ -129,6 +134,8 @@ pub struct Supervisor {
     kernel_info: Value,
     out: [OutBuf; 2],
     last_parent: Vec<u8>,
+    /// The `busy` status of the running request, not published yet ([`BUSY_DEFER`]).
+    busy_pending: Option<(Vec<u8>, Instant)>,
     signals: crate::signals::SignalPipe,
     worker_in_process: bool,
     pub stats: Stats,
@@ -277,6 +284,7 @@ impl Supervisor {
             kernel_info: Value::map(),
             out: [OutBuf { name: "stdout", bytes: Vec::new(), since: None }, OutBuf { name: "stderr", bytes: Vec::new(), since: None }],
             last_parent: Vec::new(),
+            busy_pending: None,
             signals,
             worker_in_process,
             stats: Stats::default(),
@@ -299,6 +307,18 @@ impl Supervisor {
     }
 
     fn publish<C: serde::Serialize>(&mut self, what: &str, msg_type: &str, parent: &[u8], content: &C) {
+        self.flush_busy();
+        self.publish_now(what, msg_type, parent, content);
+    }
+
+    /// Publishes the deferred busy status, if any.
+    fn flush_busy(&mut self) {
+        if let Some((parent, _)) = self.busy_pending.take() {
+            self.publish_now("status", "status", &parent, &ExecutionState { execution_state: "busy" });
+        }
+    }
+
+    fn publish_now<C: serde::Serialize>(&mut self, what: &str, msg_type: &str, parent: &[u8], content: &C) {
         let topic = self.topic(what);
         let parent = if parent.is_empty() { Parent::None } else { Parent::Raw(parent) };
         match self.session.serialize(vec![topic], msg_type, parent, &EngineMetadata { engine: &self.uuid }, content, vec![]) {
@@ -357,6 +377,7 @@ impl Supervisor {
     }
 
     fn send_shell_or_control(&mut self, channel: Channel, frames: Vec<Vec<u8>>) {
+        self.flush_busy();
         let sock = if channel == Channel::Shell { &self.shell } else { &self.control };
         if let Err(e) = tp::send(sock, frames) {
             self.stats.send_failed += 1;
@@ -402,7 +423,7 @@ impl Supervisor {
                 self.abort_job(job);
                 continue;
             }
-            self.status("busy", &job.header_raw);
+            self.busy_pending = Some((job.header_raw.clone(), Instant::now() + BUSY_DEFER));
             let started = datetime::format_iso(&datetime::now());
             let w = self.worker.as_mut().expect("checked above");
             match job.kind {
@@ -411,7 +432,12 @@ impl Supervisor {
                     parts.extend(job.buffers.iter().map(|b| b.as_slice()));
                     w.writer.push(&parts);
                 }
-                Kind::Execute => w.writer.push(&[b"execute".as_slice(), &job.content_raw, &job.header_raw]),
+                Kind::Execute => {
+                    // An execute publishes execute_input at once, and clients watch it:
+                    // no point in waiting.
+                    w.writer.push(&[b"execute".as_slice(), &job.content_raw, &job.header_raw]);
+                    self.busy_pending = self.busy_pending.take().map(|(p, _)| (p, Instant::now()));
+                }
                 Kind::Clear => w.writer.push(&[b"clear".as_slice()]),
             }
             self.last_parent = job.header_raw.clone();
@@ -653,6 +679,9 @@ impl Supervisor {
             }
             let now = Instant::now();
             let mut deadline = next_check;
+            if let Some((_, due)) = &self.busy_pending {
+                deadline = deadline.min(*due);
+            }
             for o in &self.out {
                 if let Some(s) = o.since {
                     deadline = deadline.min(s + OUTPUT_LINGER);
@@ -744,6 +773,9 @@ impl Supervisor {
                 }
             }
             let now = Instant::now();
+            if self.busy_pending.as_ref().is_some_and(|(_, due)| now >= *due) {
+                self.flush_busy();
+            }
             if self.out.iter().any(|o| o.since.is_some_and(|s| now >= s + OUTPUT_LINGER)) {
                 self.flush_output();
             }
