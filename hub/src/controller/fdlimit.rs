@@ -12,6 +12,8 @@ use tracing::{info, warn};
 pub const PER_ENGINE_WITH_SCHEDULER: u64 = 8;
 /// Connections per engine to the hub alone (registration, heartbeat ping and pong).
 pub const PER_ENGINE_HUB_ONLY: u64 = 3;
+/// Connections per engine to a scheduler child (MUX, control, task, IOPub, broadcast).
+pub const PER_ENGINE_SCHEDULER_ONLY: u64 = 5;
 /// Kept free for clients, the metrics endpoint, the task database and logs.
 pub const RESERVE: u64 = 64;
 
@@ -50,6 +52,17 @@ pub fn plan(per_engine: u64) -> usize {
         warn!("the file-descriptor limit ({soft}) leaves room for only {engines} engines; raise it with ulimit -n");
     }
     engines
+}
+
+/// The room of a scheduler child, which inherits our (raised) limit and has about as much
+/// open before engines come as we do: in process mode the smaller of the two rooms is the
+/// controller's, or engines past the scheduler's would register and then fail to connect.
+pub fn scheduler_child_room() -> usize {
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return usize::MAX };
+    if soft == rlimit::INFINITY {
+        return usize::MAX;
+    }
+    room(soft, open_now(), PER_ENGINE_SCHEDULER_ONLY)
 }
 
 #[cfg(test)]

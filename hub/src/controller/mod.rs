@@ -129,6 +129,13 @@ impl Controller {
         // Measured after binding and starting the scheduler, so what is open now counts.
         let per_engine = if in_process { fdlimit::PER_ENGINE_WITH_SCHEDULER } else { fdlimit::PER_ENGINE_HUB_ONLY };
         settings.max_engines = fdlimit::plan(per_engine);
+        if !in_process && !cfg.no_scheduler {
+            let sched = fdlimit::scheduler_child_room();
+            if sched < settings.max_engines {
+                info!("the scheduler child has room for {sched} engines: registrations stop there");
+                settings.max_engines = sched;
+            }
+        }
         let store = crate::store::open(cfg.store_config(&profile.dir, metrics.sqlite_batch_seconds()))?;
         let mut hub = Hub::with_store(settings, store, Instant::now());
         if cfg.restore {
