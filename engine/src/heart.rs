@@ -27,12 +27,10 @@ impl Heart {
         pong_url: &str,
         identity: &[u8],
     ) -> Result<Heart, crate::supervisor::EngineError> {
-        let sub = tp::socket(ctx, SocketType::SUB, None)?;
-        security.apply(&sub)?;
+        let sub = security.socket(ctx, SocketType::SUB, None)?;
         sub.set_subscribe(b"")?;
         tp::connect(&sub, ping_url)?;
-        let pong = tp::socket(ctx, SocketType::DEALER, Some(identity))?;
-        security.apply(&pong)?;
+        let pong = security.socket(ctx, SocketType::DEALER, Some(identity))?;
         tp::connect(&pong, pong_url)?;
         let state = Arc::new(HeartState::default());
         let st = state.clone();

@@ -246,11 +246,7 @@ impl Scheduler {
     pub fn bind(ctx: &zmq::Context, mut cfg: SchedulerConfig, counters: Counters) -> anyhow::Result<Self> {
         let t = cfg.transport.as_str();
         let security = tp::Security::server(cfg.curve.as_ref());
-        let server = |kind, id: Option<&[u8]>| -> tp::Result<zmq::Socket> {
-            let s = tp::socket(ctx, kind, id)?;
-            security.apply(&s)?;
-            Ok(s)
-        };
+        let server = |kind, id: Option<&[u8]>| security.socket(ctx, kind, id);
         let router = |id: &[u8]| server(SocketType::ROUTER, Some(id));
         let mux_in = router(b"mux_in")?;
         let mux_out = router(b"mux_out")?;
@@ -289,19 +285,17 @@ impl Scheduler {
 
         let monitor = match std::mem::replace(&mut cfg.monitor, MonitorLink::Url(String::new())) {
             MonitorLink::Url(url) => {
-                let s = tp::socket(ctx, SocketType::PUB, None)?;
-                security.as_client().apply(&s)?;
+                let s = security.as_client().socket(ctx, SocketType::PUB, None)?;
                 tp::connect(&s, &url)?;
                 Monitor::Socket(s)
             }
             MonitorLink::Channel(link) => Monitor::Channel { link, pending: std::cell::Cell::new(0), since: std::cell::Cell::new(None) },
         };
         // The hub's sockets are CURVE servers too (over inproc the options do nothing).
-        let notif = tp::socket(ctx, SocketType::SUB, None)?;
-        security.as_client().apply(&notif)?;
+        let to_hub = security.as_client();
+        let notif = to_hub.socket(ctx, SocketType::SUB, None)?;
         tp::connect(&notif, &cfg.notification_url)?;
-        let query = tp::socket(ctx, SocketType::DEALER, None)?;
-        security.as_client().apply(&query)?;
+        let query = to_hub.socket(ctx, SocketType::DEALER, None)?;
         tp::connect(&query, &cfg.registration_url)?;
 
         let session = Session::new(cfg.session.clone())?;

@@ -121,6 +121,13 @@ impl Security {
         }
     }
 
+    /// A new socket ([`crate::socket`]) with this mechanism set, ready to bind or connect.
+    pub fn socket(&self, ctx: &zmq::Context, kind: zmq::SocketType, identity: Option<&[u8]>) -> Result<Socket> {
+        let s = crate::socket(ctx, kind, identity)?;
+        self.apply(&s)?;
+        Ok(s)
+    }
+
     /// The client side of this security for a socket connecting to our own server (the
     /// hub's own DEALER to the scheduler, a scheduler child to the hub).
     pub fn as_client(&self) -> Security {

@@ -223,11 +223,7 @@ impl Supervisor {
         if security.is_curve() {
             tracing::info!("Using CurveZMQ security");
         }
-        let socket = |kind, identity: Option<&[u8]>| -> Result<Socket, EngineError> {
-            let s = tp::socket(&ctx, kind, identity)?;
-            security.apply(&s)?;
-            Ok(s)
-        };
+        let socket = |kind, identity: Option<&[u8]>| security.socket(&ctx, kind, identity);
         let reg = socket(SocketType::DEALER, Some(uuid.as_bytes()))?;
         reg.set_linger(1000)?;
         let reg_url = url(&info, info.registration);
@@ -423,7 +419,13 @@ impl Supervisor {
                 self.abort_job(job);
                 continue;
             }
-            self.busy_pending = Some((job.header_raw.clone(), Instant::now() + BUSY_DEFER));
+            if job.kind == Kind::Execute {
+                // An execute publishes execute_input at once, and clients watch it: no
+                // point in waiting.
+                self.status("busy", &job.header_raw);
+            } else {
+                self.busy_pending = Some((job.header_raw.clone(), Instant::now() + BUSY_DEFER));
+            }
             let started = datetime::format_iso(&datetime::now());
             let w = self.worker.as_mut().expect("checked above");
             match job.kind {
@@ -432,12 +434,7 @@ impl Supervisor {
                     parts.extend(job.buffers.iter().map(|b| b.as_slice()));
                     w.writer.push(&parts);
                 }
-                Kind::Execute => {
-                    // An execute publishes execute_input at once, and clients watch it:
-                    // no point in waiting.
-                    w.writer.push(&[b"execute".as_slice(), &job.content_raw, &job.header_raw]);
-                    self.busy_pending = self.busy_pending.take().map(|(p, _)| (p, Instant::now()));
-                }
+                Kind::Execute => w.writer.push(&[b"execute".as_slice(), &job.content_raw, &job.header_raw]),
                 Kind::Clear => w.writer.push(&[b"clear".as_slice()]),
             }
             self.last_parent = job.header_raw.clone();

@@ -101,8 +101,8 @@ fn unregister(conf: &serde_json::Value) -> Option<()> {
     cfg.signature_scheme = conf.get("signature_scheme")?.as_str()?.to_owned();
     let mut session = Session::new(cfg).ok()?;
     let ctx = ippx_transport::zmq::Context::new();
-    let sock = ippx_transport::socket(&ctx, ippx_transport::zmq::SocketType::DEALER, None).ok()?;
-    ippx_transport::Security::client(conf.get("curve_serverkey").and_then(|k| k.as_str())).ok()?.apply(&sock).ok()?;
+    let security = ippx_transport::Security::client(conf.get("curve_serverkey").and_then(|k| k.as_str())).ok()?;
+    let sock = security.socket(&ctx, ippx_transport::zmq::SocketType::DEALER, None).ok()?;
     let _ = sock.set_linger(1000);
     ippx_transport::connect(&sock, url).ok()?;
     let (_, frames) =

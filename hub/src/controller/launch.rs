@@ -203,6 +203,14 @@ impl Spawn {
         }
     }
 
+    /// Whether the ports asked for are `ports` (a restarted child must bind the same).
+    fn pinned_to(&self, ports: &BoundPorts) -> bool {
+        self.args.engine_ports == ports.engine.to_list()
+            && self.args.client_ports == ports.client.to_list()
+            && self.args.engine_broadcast == ports.engine_broadcast
+            && self.args.client_broadcast == ports.client_broadcast
+    }
+
     /// From now on, ask for exactly these ports.
     fn pin(&mut self, ports: &BoundPorts) {
         self.args.engine_ports = ports.engine.to_list().to_vec();
@@ -294,11 +302,9 @@ impl SchedulerRun {
         restarts.push(Instant::now());
         let _ = child.wait();
         let (new, ports) = spawn.start()?;
-        let expected = [spawn.args.engine_ports.clone(), spawn.args.client_ports.clone(), spawn.args.engine_broadcast.clone()];
-        let got = [ports.engine.to_list().to_vec(), ports.client.to_list().to_vec(), ports.engine_broadcast.clone()];
         *child = new;
-        if expected != got || ports.client_broadcast != spawn.args.client_broadcast {
-            bail!("the restarted ippx-scheduler bound other ports ({got:?}, expected {expected:?})");
+        if !spawn.pinned_to(&ports) {
+            bail!("the restarted ippx-scheduler bound other ports ({ports:?}, expected {:?})", spawn.args);
         }
         info!(pid = child.id(), "ippx-scheduler restarted on the same ports");
         Ok(())

@@ -76,11 +76,7 @@ impl Controller {
         let p = &plan.ports;
         // Every socket we bind is a CURVE server when CURVE is on (as ipcontroller's).
         let security = Security::server(plan.curve.as_ref());
-        let server = |kind| -> anyhow::Result<zmq::Socket> {
-            let s = tp::socket(&ctx, kind, None)?;
-            security.apply(&s)?;
-            Ok(s)
-        };
+        let server = |kind| security.socket(&ctx, kind, None);
         let registration = server(SocketType::ROUTER)?;
         tp::bound_for_strangers(&registration, QUERY_HWM, QUERY_MAX_FRAME)?;
         let reg_port = tp::bind(&registration, t, &cfg.engine_ip, p.registration)?;
@@ -120,8 +116,7 @@ impl Controller {
             engine_broadcast: launched.ports.engine_broadcast.clone(),
             client_broadcast: launched.ports.client_broadcast,
         };
-        let submit = tp::socket(&ctx, SocketType::DEALER, None)?;
-        security.as_client().apply(&submit)?;
+        let submit = security.as_client().socket(&ctx, SocketType::DEALER, None)?;
         tp::connect(&submit, &local_url(t, &cfg.client_ip, bound.client.task))?;
 
         let (engine_file, client_file) = plan::connection_files(cfg, &plan, &bound);
